@@ -1,0 +1,288 @@
+//! The state of one document: a `yrs::Doc` plus its room's awareness (presence).
+//!
+//! [`DocState`] is owned by exactly one task on the server (the document actor), so nothing here
+//! locks. Its job is to apply what arrives and to say whether it brought anything new: the server
+//! stores and relays only updates that changed the document, which is also what stops replication
+//! loops (`replication.rs`).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use yrs::sync::Awareness;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateSummary};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, GetString, IdSet, Options, ReadTxn, StateVector, Transact, Update};
+
+use crate::message::IncomingUpdate;
+
+/// Why an update or a stored state could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("update could not be decoded: {0}")]
+    Decode(String),
+    #[error("update could not be integrated: {0}")]
+    Integrate(String),
+    #[error("awareness update could not be applied: {0}")]
+    Awareness(String),
+}
+
+/// What an applied update did to the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// New content, new deletions, or new pending data (an update whose dependencies have not
+    /// arrived yet): store it and relay it.
+    Changed,
+    /// Everything in it was already known: neither stored nor relayed.
+    Unchanged,
+}
+
+/// The document and awareness of one room.
+pub struct DocState {
+    awareness: Awareness,
+}
+
+impl Default for DocState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Identifies the pending (not yet integrable) part of a document, to notice when an update
+/// only adds to it. Pending data is rare and small, so cloning it is cheap in practice.
+type PendingFingerprint = Option<(StateVector, StateVector, Option<IdSet>)>;
+
+fn pending_fingerprint<T: ReadTxn>(txn: &T) -> PendingFingerprint {
+    let store = txn.store();
+    match (store.pending_update(), store.pending_ds()) {
+        (None, None) => None,
+        (p, ds) => Some((
+            p.map(|p| p.missing.clone()).unwrap_or_default(),
+            p.map(|p| p.update.state_vector()).unwrap_or_default(),
+            ds.cloned(),
+        )),
+    }
+}
+
+impl DocState {
+    /// An empty document. The server never edits, so its own client id is irrelevant.
+    pub fn new() -> Self {
+        let doc = Doc::with_options(Options {
+            skip_gc: false,
+            ..Options::default()
+        });
+        DocState {
+            awareness: Awareness::new(doc),
+        }
+    }
+
+    /// Rebuilds a document from stored updates (a snapshot followed by log entries), in order.
+    pub fn load<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, ApplyError> {
+        let mut state = DocState::new();
+        for bytes in parts {
+            let update = Update::decode_v1(bytes).map_err(|e| ApplyError::Decode(e.to_string()))?;
+            state.apply(update)?;
+        }
+        Ok(state)
+    }
+
+    pub fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// Applies a decoded update and reports whether it changed anything.
+    pub fn apply_update(&mut self, update: IncomingUpdate) -> Result<Applied, ApplyError> {
+        self.apply(update.decoded)
+    }
+
+    fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
+        let doc = self.awareness.doc();
+        // yrs is not supposed to panic on a decoded update, but a panic here would take the whole
+        // document down with it; turn one into an error on this update instead.
+        catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let pending_before = pending_fingerprint(&txn);
+            txn.apply_update(update)
+                .map_err(|e| ApplyError::Integrate(e.to_string()))?;
+            let changed = !txn.insert_set().is_empty()
+                || !txn.delete_set().is_empty()
+                || pending_fingerprint(&txn) != pending_before;
+            Ok(if changed {
+                Applied::Changed
+            } else {
+                Applied::Unchanged
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(ApplyError::Integrate(
+                "yrs panicked while integrating".into(),
+            ))
+        })
+    }
+
+    pub fn state_vector(&self) -> StateVector {
+        self.doc().transact().state_vector()
+    }
+
+    /// What a peer with state vector `sv` lacks, pending data included (a v1 update; an empty
+    /// update when it lacks nothing).
+    pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
+        self.doc().transact().encode_state_as_update_v1(sv)
+    }
+
+    /// The whole document as one v1 update: the snapshot that compaction stores.
+    pub fn full_state(&self) -> Vec<u8> {
+        self.diff(&StateVector::default())
+    }
+
+    /// Whether some applied update still waits for updates it depends on.
+    pub fn has_pending(&self) -> bool {
+        self.doc().transact().has_missing_updates()
+    }
+
+    /// The plain text of the `Y.Text` root `name`, if the document has such a root.
+    pub fn text(&self, name: &str) -> Option<String> {
+        let txn = self.doc().transact();
+        txn.get_text(name).map(|t| t.get_string(&txn))
+    }
+
+    /// Applies a client's awareness update. `Some(summary)` when it added, renewed or removed a
+    /// state: that is what gets broadcast ([`DocState::awareness_of`] encodes it).
+    pub fn apply_awareness(
+        &mut self,
+        update: AwarenessUpdate,
+    ) -> Result<Option<AwarenessUpdateSummary>, ApplyError> {
+        self.awareness
+            .apply_update_summary(update)
+            .map_err(|e| ApplyError::Awareness(e.to_string()))
+    }
+
+    /// The current entries (states or removals) of `clients`, as one update.
+    pub fn awareness_of(
+        &self,
+        clients: impl IntoIterator<Item = ClientID>,
+    ) -> Option<AwarenessUpdate> {
+        let update = self.awareness.update_with_clients(clients).ok()?;
+        (!update.clients.is_empty()).then_some(update)
+    }
+
+    /// Every live presence state of the room, or `None` when nobody has one.
+    pub fn awareness_states(&self) -> Option<AwarenessUpdate> {
+        let update = self.awareness.update().ok()?;
+        (!update.clients.is_empty()).then_some(update)
+    }
+
+    /// Marks `clients` as gone (their connection closed) and returns the removal to broadcast,
+    /// so other users stop seeing their cursors.
+    pub fn remove_awareness(&mut self, clients: &[ClientID]) -> Option<AwarenessUpdate> {
+        let live: Vec<ClientID> = clients
+            .iter()
+            .copied()
+            .filter(|id| self.awareness.meta(*id).is_some())
+            .collect();
+        for id in &live {
+            self.awareness.remove_state(*id);
+        }
+        self.awareness_of(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Text, WriteTxn};
+
+    fn edit(doc: &Doc, at: u32, s: &str) -> Vec<u8> {
+        let mut txn = doc.transact_mut();
+        let t = txn.get_or_insert_text("t");
+        t.insert(&mut txn, at, s);
+        txn.encode_update_v1()
+    }
+
+    fn incoming(bytes: &[u8]) -> IncomingUpdate {
+        IncomingUpdate::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn duplicate_updates_are_unchanged() {
+        let client = Doc::new();
+        let u = edit(&client, 0, "hello");
+        let mut state = DocState::new();
+        assert_eq!(state.apply_update(incoming(&u)).unwrap(), Applied::Changed);
+        assert_eq!(
+            state.apply_update(incoming(&u)).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(state.text("t").as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn out_of_order_update_is_pending_then_integrates() {
+        let client = Doc::new();
+        let u1 = edit(&client, 0, "ab");
+        let u2 = edit(&client, 2, "cd");
+        let mut state = DocState::new();
+        // u2 depends on u1: it is kept pending, which counts as new (it must be stored).
+        assert_eq!(state.apply_update(incoming(&u2)).unwrap(), Applied::Changed);
+        assert!(state.has_pending());
+        // the same pending update again adds nothing
+        assert_eq!(
+            state.apply_update(incoming(&u2)).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(state.apply_update(incoming(&u1)).unwrap(), Applied::Changed);
+        assert!(!state.has_pending());
+        assert_eq!(state.text("t").as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn full_state_includes_pending_data() {
+        let client = Doc::new();
+        let u1 = edit(&client, 0, "ab");
+        let u2 = edit(&client, 2, "cd");
+        let mut state = DocState::new();
+        state.apply_update(incoming(&u2)).unwrap();
+        let reloaded = DocState::load([state.full_state().as_slice(), u1.as_slice()]).unwrap();
+        assert_eq!(reloaded.text("t").as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn deletions_count_as_changes() {
+        let client = Doc::new();
+        let u1 = edit(&client, 0, "abc");
+        let mut state = DocState::new();
+        state.apply_update(incoming(&u1)).unwrap();
+        let del = {
+            let mut txn = client.transact_mut();
+            let t = txn.get_or_insert_text("t");
+            t.remove_range(&mut txn, 0, 1);
+            txn.encode_update_v1()
+        };
+        assert_eq!(
+            state.apply_update(incoming(&del)).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            state.apply_update(incoming(&del)).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(state.text("t").as_deref(), Some("bc"));
+    }
+
+    #[test]
+    fn awareness_removal_marks_clients_gone() {
+        let mut state = DocState::new();
+        let frame = {
+            let mut a = Awareness::new(Doc::with_client_id(7));
+            a.set_local_state_raw(r#"{"user":"ann"}"#);
+            a.update().unwrap()
+        };
+        let summary = state.apply_awareness(frame).unwrap().unwrap();
+        assert_eq!(summary.added, vec![ClientID::new(7)]);
+        assert!(state.awareness_states().is_some());
+        let removal = state
+            .remove_awareness(&[ClientID::new(7), ClientID::new(99)])
+            .unwrap();
+        assert_eq!(removal.clients.len(), 1);
+        assert_eq!(&*removal.clients[&ClientID::new(7)].json, "null");
+        assert!(state.awareness_states().is_none());
+    }
+}

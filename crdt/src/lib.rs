@@ -1,0 +1,22 @@
+//! `concord-crdt`: Concord's pure document and protocol layer. No tokio, sockets or files:
+//! everything here is tested and fuzzed with bytes alone.
+//!
+//! - [`name`]: document names, validated ([`DocName`]).
+//! - [`message`]: incoming y-websocket frames decoded into typed [`ClientMessage`]s, with typed
+//!   [`DecodeError`]s that carry their WebSocket close code.
+//! - [`encode`]: outgoing frames, one message per frame.
+//! - [`doc`]: [`DocState`], a `yrs::Doc` plus awareness, owned by one server task; it applies
+//!   updates and says whether they brought anything new ([`Applied`]).
+//!
+//! The codecs themselves come from `yrs` (`yrs::sync`, lib0 encoding); this crate adds the
+//! validation, limits and types the server needs around them.
+
+pub mod doc;
+pub mod encode;
+pub mod message;
+pub mod name;
+
+pub use doc::{Applied, ApplyError, DocState};
+pub use message::{ClientMessage, DecodeError, IncomingUpdate, decode_frame};
+pub use name::{DocName, NameError};
+pub use yrs;

@@ -1,0 +1,92 @@
+//! Command line and environment: one struct per command, every flag also an env var
+//! `CONCORD_<FLAG>` (clap's `env`), so containers and shells configure the server the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Concord: a Yjs WebSocket server (y-websocket protocol) with durable storage.
+///
+/// Without a subcommand, `concord` runs `serve`.
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// Everything `concord serve` accepts.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for HTTP and WebSocket connections.
+    #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the server's data (created if missing).
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Largest WebSocket message accepted from a client, in bytes. A larger one closes that
+    /// connection with code 1009 (clients would otherwise resend it forever).
+    #[arg(long, env = "CONCORD_MAX_MESSAGE_SIZE", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// Longest accepted document name, in bytes of UTF-8 (at most 512). A longer one is answered
+    /// 400 before the WebSocket upgrade.
+    #[arg(long, env = "CONCORD_MAX_DOC_NAME", default_value_t = concord_crdt::name::MAX_DOC_NAME_BYTES,
+          value_parser = doc_name_limit)]
+    pub max_doc_name: usize,
+
+    /// How long a document stays in memory after its last connection leaves.
+    #[arg(long, env = "CONCORD_EVICT_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub evict_after: Duration,
+
+    /// Interval between WebSocket pings. A connection that answers nothing for two intervals is
+    /// closed as dead; a connection that was sent no data for half an interval gets an empty
+    /// awareness update, because Yjs clients drop sockets that carry no data for 30 s.
+    #[arg(long, env = "CONCORD_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Messages queued for one client before it counts as too slow and is disconnected (it
+    /// resyncs when it reconnects). Keeps one slow client from stalling its room.
+    #[arg(long, env = "CONCORD_SEND_QUEUE", default_value_t = 512)]
+    pub send_queue: usize,
+
+    /// Messages queued for one document's owner task before senders wait (backpressure).
+    #[arg(long, env = "CONCORD_DOC_QUEUE", default_value_t = 1024)]
+    pub doc_queue: usize,
+}
+
+impl ServeArgs {
+    /// Reads the flags and env vars of `concord serve` alone (tests and embedders).
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Only::parse_from(args).serve
+    }
+}
+
+fn doc_name_limit(s: &str) -> Result<usize, String> {
+    let max = concord_crdt::name::MAX_DOC_NAME_BYTES;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a number from 1 to {max}")),
+    }
+}

@@ -1,0 +1,279 @@
+//! One client WebSocket: a reader loop that decodes frames and feeds the room, and a writer task
+//! that drains a bounded queue into the socket.
+//!
+//! The two halves only meet through [`Control`]: whoever decides the connection must end (the
+//! reader on a bad frame, the room on a full queue, the server on shutdown, the writer on a dead
+//! socket) records a close code and cancels the token; the writer sends that close frame.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use bytes::Bytes;
+use concord_crdt::{DocName, decode_frame, encode};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::App;
+use crate::registry::JoinError;
+use crate::room::RoomMsg;
+
+/// Identifies a connection within the process.
+pub type ConnId = u64;
+
+/// Close code for a client whose send queue filled up: "try again later". It reconnects and
+/// resyncs, which costs it one Step2 and costs the room nothing.
+pub const CLOSE_TOO_SLOW: u16 = close_code::AGAIN;
+
+/// Shared between a connection's reader, its writer and the room.
+pub struct Control {
+    /// Cancelled when the connection must end, for whatever reason.
+    token: CancellationToken,
+    /// The close frame to send; the first reason recorded wins.
+    reason: OnceLock<(u16, String)>,
+    /// Milliseconds (since `epoch`) of the last frame received, to detect dead sockets.
+    last_seen: AtomicU64,
+    epoch: Instant,
+}
+
+impl Control {
+    fn new(token: CancellationToken) -> Self {
+        Control {
+            token,
+            reason: OnceLock::new(),
+            last_seen: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Ends the connection with `code` (unless another reason was already recorded).
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        let _ = self.reason.set((code, reason.into()));
+        self.token.cancel();
+    }
+
+    fn seen(&self) {
+        self.last_seen
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_seen.load(Ordering::Relaxed)))
+    }
+}
+
+/// What the room holds for each member: where to send, and how to end it.
+#[derive(Clone)]
+pub struct ClientHandle {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    out: mpsc::Sender<Bytes>,
+    control: Arc<Control>,
+}
+
+/// Why a frame could not be queued for a client.
+pub enum SendError {
+    /// The queue is full: the client is too slow and must be dropped.
+    Full,
+    /// The connection already ended.
+    Closed,
+}
+
+impl ClientHandle {
+    /// Queues one frame without waiting: a room never waits on one of its clients.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.out.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.control.close(code, reason);
+    }
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<App>) {
+    let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    app.connections.fetch_add(1, Ordering::Relaxed);
+    let control = Arc::new(Control::new(app.shutdown.child_token()));
+    let (out_tx, out_rx) = mpsc::channel(app.config.send_queue);
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        control.clone(),
+        app.config.ping_interval,
+    ));
+    control.seen();
+    debug!(%doc, %peer, id, "connected");
+
+    let client = ClientHandle {
+        id,
+        peer,
+        out: out_tx,
+        control: control.clone(),
+    };
+    match app.registry.join(&doc, client).await {
+        Ok(room) => {
+            read_loop(&mut stream, &doc, peer, id, &room.tx, &control).await;
+            // Tell the room even when the reader ended because the room is gone: harmless.
+            let _ = room.tx.send(RoomMsg::Leave { id }).await;
+        }
+        Err(JoinError::Load(reason)) => {
+            warn!(%doc, %peer, %reason, "document could not be loaded; closing the connection");
+            control.close(
+                close_code::ERROR,
+                format!("document could not be loaded: {reason}"),
+            );
+        }
+        Err(JoinError::Unavailable) => {
+            control.close(close_code::AWAY, "server is shutting down");
+        }
+    }
+    control.token.cancel();
+    let _ = writer.await;
+    // The close frame is out. Read until the client answers it, so the socket is not torn down
+    // with unread data (the kernel would then reset it and the client would lose the close code).
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    app.connections.fetch_sub(1, Ordering::Relaxed);
+    debug!(%doc, %peer, id, "disconnected");
+}
+
+/// How long a closing connection waits for the client's close reply.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+async fn read_loop(
+    stream: &mut SplitStream<WebSocket>,
+    doc: &DocName,
+    peer: SocketAddr,
+    id: ConnId,
+    room: &mpsc::Sender<RoomMsg>,
+    control: &Control,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = control.token.cancelled() => return,
+            msg = stream.next() => msg,
+        };
+        control.seen();
+        let frame = match msg {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Binary(frame))) => frame,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(_))) => {
+                warn!(%doc, %peer, "text frame refused; closing with 1003");
+                control.close(
+                    close_code::UNSUPPORTED,
+                    "text frames are not part of the y-websocket protocol",
+                );
+                return;
+            }
+            Some(Err(e)) => {
+                if let Some(limit) = message_too_long(e) {
+                    warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
+                    control.close(close_code::SIZE, limit);
+                }
+                return;
+            }
+        };
+        match decode_frame(&frame) {
+            Ok(msgs) => {
+                if room.send(RoomMsg::Frame { id, msgs }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(%doc, %peer, error = %e, code = e.close_code(), "malformed frame; closing the connection");
+                control.close(e.close_code(), e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// `Some(description)` when the read failed because a message exceeded the configured maximum.
+fn message_too_long(e: axum::Error) -> Option<String> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    let inner = e.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some(format!(
+            "message of {size} bytes exceeds the limit of {max_size} bytes"
+        )),
+        _ => None,
+    }
+}
+
+/// Most frames written before one flush: batches a burst into few syscalls without letting one
+/// busy connection monopolise its worker.
+const WRITE_BATCH: usize = 64;
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Bytes>,
+    control: Arc<Control>,
+    ping_interval: Duration,
+) {
+    let half = ping_interval / 2;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_data = false;
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = control.token.cancelled() => {
+                let (code, reason) = control.reason.get().cloned()
+                    .unwrap_or((close_code::AWAY, "server is shutting down".into()));
+                let frame = CloseFrame { code, reason: reason.into() };
+                // A dead or slow peer may never take the close frame; do not wait on it long.
+                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+                return;
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return };
+                let mut ok = sink.feed(Message::Binary(frame)).await.is_ok();
+                let mut n = 1;
+                while ok && n < WRITE_BATCH {
+                    let Ok(frame) = rx.try_recv() else { break };
+                    ok = sink.feed(Message::Binary(frame)).await.is_ok();
+                    n += 1;
+                }
+                if !ok || sink.flush().await.is_err() {
+                    control.token.cancel();
+                    return;
+                }
+                sent_data = true;
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                if !sent_data && sink.send(Message::Binary(Bytes::from_static(&encode::KEEPALIVE))).await.is_err() {
+                    control.token.cancel();
+                    return;
+                }
+                sent_data = false;
+                if ticks % 2 == 0 {
+                    if control.silent_for() > ping_interval * 2 {
+                        info!("no answer for {:?}; closing dead connection", control.silent_for());
+                        control.token.cancel();
+                        return;
+                    }
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        control.token.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `concord-server`: the Concord server, as a library (for tests and embedding) and as the
+//! `concord` binary (`main.rs`).
+//!
+//! How the parts relate:
+//! - [`config`]: the command line and env vars.
+//! - [`http`]: every route, in one function.
+//! - [`connection`]: one client socket (reader loop + writer task over a bounded queue).
+//! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
+//! - [`room`]: the actor that owns one document: applies updates, broadcasts, tracks presence.
+//! - [`App`] ties them together; [`serve`] runs until shutdown.
+//!
+//! Data flows client → connection reader → room inbox → room → member queues → writers.
+//! Nothing holds a lock across an `.await`; each document has exactly one owner (its room).
+
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod registry;
+pub mod room;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::ServeArgs;
+use crate::registry::Registry;
+
+/// Shared server state, handed to every route and connection.
+pub struct App {
+    pub config: ServeArgs,
+    pub registry: Arc<Registry>,
+    /// Cancelled on SIGINT/SIGTERM: stops accepting and closes every connection with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, so shutdown waits for their close frames to go out.
+    pub tasks: TaskTracker,
+    pub next_conn_id: AtomicU64,
+    /// Open client connections, for `/api/status`.
+    pub connections: AtomicUsize,
+}
+
+/// How long shutdown waits for connections to say goodbye before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds `config.listen` and serves until `stop` completes.
+pub async fn serve(
+    config: ServeArgs,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await?;
+    serve_on(listener, config, stop).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 and read the address first).
+pub async fn serve_on(
+    listener: TcpListener,
+    config: ServeArgs,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let registry = Registry::new(config.clone(), shutdown.child_token());
+    let app = Arc::new(App {
+        config,
+        registry: registry.clone(),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+        next_conn_id: AtomicU64::new(1),
+        connections: AtomicUsize::new(0),
+    });
+    let addr = listener.local_addr()?;
+    info!(%addr, "listening");
+
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        stop.await;
+        info!("shutting down: closing connections");
+        trigger.cancel();
+    });
+
+    let service = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+
+    // Upgraded sockets are not tracked by axum; wait for ours to send their close frames.
+    app.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
+    }
+    registry.tasks.close();
+    registry.tasks.wait().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

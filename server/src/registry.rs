@@ -1,0 +1,131 @@
+//! The live documents: a `DashMap` from name to the room that owns it.
+//!
+//! The map is sharded, so joins to different documents do not contend, and no lock is held
+//! across an `.await`: a lookup clones the room's sender and releases the shard at once. A room
+//! removes itself when it is evicted or fails to load; the generation number makes sure it only
+//! removes itself, never a successor started in the meantime.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use concord_crdt::DocName;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeArgs;
+use crate::connection::ClientHandle;
+use crate::room::{Room, RoomMsg};
+
+/// Why a connection could not join its document.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JoinError {
+    /// Loading the document failed; the connection is closed with 1011 and this reason.
+    #[error("document could not be loaded: {0}")]
+    Load(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    Unavailable,
+}
+
+/// A live room: its inbox, and which incarnation of the document it is.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub tx: mpsc::Sender<RoomMsg>,
+    generation: u64,
+}
+
+pub struct Registry {
+    docs: DashMap<DocName, RoomHandle>,
+    next_generation: AtomicU64,
+    pub config: ServeArgs,
+    /// Cancelled when the server stops; rooms flush and exit.
+    pub shutdown: CancellationToken,
+    /// Tracks room tasks so shutdown can wait for them to finish writing.
+    pub tasks: TaskTracker,
+}
+
+/// How many times a join retries when it races with its room's eviction.
+const JOIN_RETRIES: usize = 8;
+
+impl Registry {
+    pub fn new(config: ServeArgs, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Registry {
+            docs: DashMap::new(),
+            next_generation: AtomicU64::new(1),
+            config,
+            shutdown,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The room of `name`, started (and loading) if it is not live.
+    pub fn room(self: &Arc<Self>, name: &DocName) -> RoomHandle {
+        if let Some(h) = self.docs.get(name) {
+            if !h.tx.is_closed() {
+                return h.clone();
+            }
+        }
+        let mut entry = self
+            .docs
+            .entry(name.clone())
+            .or_insert_with(|| self.spawn(name));
+        if entry.tx.is_closed() {
+            *entry = self.spawn(name);
+        }
+        entry.clone()
+    }
+
+    fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
+        let (tx, rx) = mpsc::channel(self.config.doc_queue);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let room = Room::new(name.clone(), generation, self.clone(), rx);
+        self.tasks.spawn(room.run());
+        RoomHandle { tx, generation }
+    }
+
+    /// Joins `client` to the room of `name` once the document is loaded.
+    pub async fn join(
+        self: &Arc<Self>,
+        name: &DocName,
+        client: ClientHandle,
+    ) -> Result<RoomHandle, JoinError> {
+        for _ in 0..JOIN_RETRIES {
+            if self.shutdown.is_cancelled() {
+                return Err(JoinError::Unavailable);
+            }
+            let room = self.room(name);
+            let (reply, answer) = oneshot::channel();
+            if room
+                .tx
+                .send(RoomMsg::Join {
+                    client: client.clone(),
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                continue; // the room closed between lookup and send
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(room),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => continue, // the room was evicted with our join queued
+            }
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    /// Removes `name` if it is still the room of that `generation`. Returns whether it did.
+    pub fn remove_if_current(&self, name: &DocName, generation: u64) -> bool {
+        self.docs
+            .remove_if(name, |_, h| h.generation == generation)
+            .is_some()
+    }
+
+    /// Number of live documents.
+    pub fn live(&self) -> usize {
+        self.docs.len()
+    }
+}

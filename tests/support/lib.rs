@@ -1,0 +1,9 @@
+//! Test support for Concord's integration tests: the real server as a child process
+//! ([`server::Server`]) and a y-websocket client with a real `yrs` document
+//! ([`client::YClient`]).
+
+pub mod client;
+pub mod server;
+
+pub use client::{WAIT, YClient};
+pub use server::{Server, concord_bin, http_get};

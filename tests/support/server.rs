@@ -1,0 +1,184 @@
+//! The real `concord` binary, started as a child process on a free port with its own data dir.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the `concord` binary under test: `$CONCORD_BIN`, or a release build made on first use
+/// (a no-op when up to date), so a bare `cargo test` never runs a stale binary.
+pub fn concord_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        if let Ok(bin) = std::env::var("CONCORD_BIN") {
+            return root.join(bin); // relative to the workspace root; absolute stays absolute
+        }
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "concord-server",
+                "--bin",
+                "concord",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build for the concord binary");
+        assert!(status.success(), "building the concord binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(root.join("target"));
+        target.join("release").join("concord")
+    })
+    .clone()
+}
+
+/// A running server process. Killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Keeps a temporary data dir alive as long as the server (None when the caller owns it).
+    _tmp: Option<Arc<tempfile::TempDir>>,
+    /// Every line the server logged, for assertions on logs.
+    pub log: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server with a fresh temporary data dir.
+    pub async fn start(args: &[&str]) -> Server {
+        let tmp = Arc::new(tempfile::tempdir().unwrap());
+        let mut s = Server::start_in(tmp.path(), args).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `data_dir` (to restart on the same data).
+    pub async fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        Server::spawn(data_dir, args.iter().map(|s| s.to_string()).collect(), None).await
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        args: Vec<String>,
+        tmp: Option<Arc<tempfile::TempDir>>,
+    ) -> Server {
+        let listen = args.iter().any(|a| a == "--listen");
+        let mut cmd = Command::new(concord_bin());
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !listen {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CONCORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("starting concord");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[concord] {line}");
+                if let Some(at) = line.find("listening addr=") {
+                    let rest = &line[at + "listening addr=".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx)
+            .await
+            .expect("server did not report its address within 60 s")
+            .expect("server exited before listening");
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: tmp,
+            log,
+            args,
+        }
+    }
+
+    /// Restarts on the same data dir and arguments (a new port unless `--listen` was given).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        let next = Server::spawn(&self.data_dir, self.args.clone(), self._tmp.clone()).await;
+        *self = next;
+    }
+
+    pub fn ws_url(&self, doc: &str) -> String {
+        format!("ws://{}/ws/{}", self.addr, doc)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("server already exited") as i32
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server did not exit within 30 s of SIGTERM")
+            .unwrap()
+    }
+
+    /// Whether the server logged a line containing every one of `needles`.
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
+    /// Resident memory of the server process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+/// GET `url`; returns the status and body.
+pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
+    let resp = reqwest::get(url).await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
