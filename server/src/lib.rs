@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,6 +85,13 @@ pub async fn serve_on(
     });
 
     let service = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Small frames must leave at once: Nagle's algorithm would hold them for the peer's delayed
+    // ACK (~40 ms), which is most of a latency budget.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("could not set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

@@ -64,7 +64,7 @@ impl YClient {
 
     /// Connects without sending anything.
     pub async fn connect_raw(url: &str) -> YClient {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .expect("websocket connect");
         let doc = Doc::new();
