@@ -78,7 +78,9 @@ impl DocState {
     pub fn load<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, ApplyError> {
         let mut state = DocState::new();
         for bytes in parts {
-            let update = Update::decode_v1(bytes).map_err(|e| ApplyError::Decode(e.to_string()))?;
+            let update = crate::message::guarded(|| Update::decode_v1(bytes))
+                .map_err(ApplyError::Decode)?
+                .map_err(|e| ApplyError::Decode(e.to_string()))?;
             state.apply(update)?;
         }
         Ok(state)

@@ -42,8 +42,9 @@ impl IncomingUpdate {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         // Each client section takes at least 3 bytes (block count, client id, clock).
         check_declared_count(bytes, 3).map_err(DecodeError::InvalidUpdate)?;
-        let decoded =
-            Update::decode_v1(bytes).map_err(|e| DecodeError::InvalidUpdate(e.to_string()))?;
+        let decoded = guarded(|| Update::decode_v1(bytes))
+            .map_err(DecodeError::InvalidUpdate)?
+            .map_err(|e| DecodeError::InvalidUpdate(e.to_string()))?;
         Ok(IncomingUpdate {
             bytes: bytes.to_vec(),
             decoded,
@@ -153,7 +154,8 @@ fn decode_sync(cur: &mut Cursor<'_>) -> Result<ClientMessage, DecodeError> {
         SYNC_STEP1 => {
             // Each entry takes at least 2 bytes (client id, clock).
             check_declared_count(buf, 2).map_err(DecodeError::InvalidStateVector)?;
-            let sv = StateVector::decode_v1(buf)
+            let sv = guarded(|| StateVector::decode_v1(buf))
+                .map_err(DecodeError::InvalidStateVector)?
                 .map_err(|e| DecodeError::InvalidStateVector(e.to_string()))?;
             Ok(ClientMessage::SyncStep1(sv))
         }
@@ -161,6 +163,13 @@ fn decode_sync(cur: &mut Cursor<'_>) -> Result<ClientMessage, DecodeError> {
         SYNC_UPDATE => Ok(ClientMessage::Update(IncomingUpdate::decode(buf)?)),
         other => Err(DecodeError::UnknownSyncType(other)),
     }
+}
+
+/// Runs a `yrs` decoder so that an arithmetic overflow on crafted input (a panic, since the
+/// workspace builds yrs with `overflow-checks`) is an error for this input, not a crash.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| "arithmetic overflow in clocks or lengths".to_string())
 }
 
 /// Refuses a buffer whose leading count declares more entries than its bytes can hold.
@@ -322,6 +331,18 @@ mod tests {
         assert!(matches!(e, DecodeError::InvalidStateVector(_)), "{e:?}");
         // Update declaring 2^28 clients.
         let e = decode_frame(&[0, 2, 4, 0x80, 0x80, 0x80, 0x01]).unwrap_err();
+        assert!(matches!(e, DecodeError::InvalidUpdate(_)), "{e:?}");
+    }
+
+    #[test]
+    fn clock_overflow_is_an_invalid_update() {
+        // An update whose delete set range `clock + len` overflows u32 (found by proptest).
+        let mut body = vec![0u8, 1, 0, 14];
+        body.extend([0; 26]);
+        body.extend([128, 128, 128, 128, 18, 128, 128, 128, 128, 110, 0]);
+        let mut frame = vec![0, 1, body.len() as u8];
+        frame.extend(body);
+        let e = decode_frame(&frame).unwrap_err();
         assert!(matches!(e, DecodeError::InvalidUpdate(_)), "{e:?}");
     }
 

@@ -12,6 +12,11 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // One log line per panic instead of a backtrace on stderr. Hostile updates can make yrs
+    // panic on arithmetic overflow; concord-crdt catches those and refuses the update.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(location = ?info.location(), "panic: {}", panic_message(info));
+    }));
     let cli = Cli::parse();
     match cli.command {
         None => concord_server::serve(cli.serve, concord_server::shutdown_signal()).await,
@@ -19,4 +24,13 @@ async fn main() -> anyhow::Result<()> {
             concord_server::serve(args, concord_server::shutdown_signal()).await
         }
     }
+}
+
+fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
 }
