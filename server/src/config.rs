@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::Durability;
+
 /// Concord: a Yjs WebSocket server (y-websocket protocol) with durable storage.
 ///
 /// Without a subcommand, `concord` runs `serve`.
@@ -65,6 +67,30 @@ pub struct ServeArgs {
     /// Messages queued for one document's owner task before senders wait (backpressure).
     #[arg(long, env = "CONCORD_DOC_QUEUE", default_value_t = 1024)]
     pub doc_queue: usize,
+
+    /// `sync`: an update is committed to disk (fsync) before it is relayed to anyone, so nothing
+    /// relayed is ever lost. `async`: relayed first, committed within --commit-delay; a crash can
+    /// lose up to that much of what was relayed, in exchange for lower latency.
+    #[arg(long, env = "CONCORD_DURABILITY", value_enum, default_value_t = Durability::Sync)]
+    pub durability: Durability,
+
+    /// With --durability async: the longest a relayed update waits for its commit.
+    #[arg(long, env = "CONCORD_COMMIT_DELAY", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub commit_delay: Duration,
+
+    /// Compact a document (replace its log entries by one snapshot) once it has this many log
+    /// entries since its last snapshot...
+    #[arg(long, env = "CONCORD_COMPACT_AFTER_UPDATES", default_value_t = 1000)]
+    pub compact_after_updates: u64,
+
+    /// ...or this many bytes of them.
+    #[arg(long, env = "CONCORD_COMPACT_AFTER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub compact_after_bytes: u64,
+
+    /// Refuse writes once the database file reaches this many bytes (0: no limit). Writes then
+    /// fail like on a full disk: the affected connections are closed with 1011, nothing is lost.
+    #[arg(long, env = "CONCORD_MAX_DB_SIZE", default_value_t = 0)]
+    pub max_db_size: u64,
 }
 
 impl ServeArgs {

@@ -53,7 +53,7 @@ impl Control {
 
     /// Ends the connection with `code` (unless another reason was already recorded).
     pub fn close(&self, code: u16, reason: impl Into<String>) {
-        let _ = self.reason.set((code, reason.into()));
+        let _ = self.reason.set((code, fit_close_reason(reason.into())));
         self.token.cancel();
     }
 
@@ -66,6 +66,22 @@ impl Control {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_seen.load(Ordering::Relaxed)))
     }
+}
+
+/// A close frame is a control frame: at most 125 bytes, 2 of them the code. Longer reasons are
+/// cut at a character boundary (clients refuse the whole frame otherwise). Logs keep the full text.
+const MAX_CLOSE_REASON: usize = 123;
+
+fn fit_close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
 }
 
 /// What the room holds for each member: where to send, and how to end it.
@@ -275,5 +291,17 @@ async fn write_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(fit_close_reason("short".into()), "short");
+        let long = fit_close_reason("é".repeat(100));
+        assert!(long.len() <= MAX_CLOSE_REASON && long.ends_with("..."), "{}", long.len());
     }
 }

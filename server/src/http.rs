@@ -2,6 +2,9 @@
 //!
 //! - `GET /ws/{doc}`: the y-websocket endpoint; `{doc}` is the rest of the path (may hold `/`).
 //! - `GET /healthz`: 200 once the server is serving.
+//! - `GET /api/docs/{doc}/update`: the document's state as one Yjs v1 update.
+//! - `GET /api/docs/{doc}/text/{name}`: the plain text of its `Y.Text` root `{name}`.
+//! - `GET /api/status`: node status as JSON.
 //! - `GET /`: the web demo.
 
 use std::net::SocketAddr;
@@ -10,12 +13,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use concord_crdt::DocName;
+use concord_crdt::{DocName, DocState};
+use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::room::{ReadKind, RoomMsg};
 use crate::{App, connection};
 
 pub fn router(app: Arc<App>) -> Router {
@@ -23,6 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(demo))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .route("/api/docs/{*rest}", get(doc_read))
         .route("/ws/{*doc}", get(websocket))
         .with_state(app)
 }
@@ -36,6 +42,51 @@ async fn status(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({
         "documents": app.registry.live(),
         "connections": app.connections.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+}
+
+/// The read API. `{rest}` is `{doc}/update` or `{doc}/text/{name}`; the document name may hold
+/// `/`, the text root name may not. Served from the live room when there is one (which answers
+/// with committed state only), otherwise straight from the store without starting a room.
+async fn doc_read(State(app): State<Arc<App>>, Path(rest): Path<String>) -> Response {
+    let (name, kind) = if let Some(name) = rest.strip_suffix("/update") {
+        (name, ReadKind::Update)
+    } else if let Some((name, root)) = rest.rsplit_once("/text/") {
+        (name, ReadKind::Text(root.to_string()))
+    } else {
+        return (StatusCode::NOT_FOUND, "expected /api/docs/{doc}/update or /api/docs/{doc}/text/{name}").into_response();
+    };
+    let text = matches!(kind, ReadKind::Text(_));
+    let doc = match DocName::parse_with_limit(name, app.config.max_doc_name) {
+        Ok(doc) => doc,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let answer = match read_doc(&app, &doc, kind).await {
+        Ok(answer) => answer,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    match answer {
+        None => (StatusCode::NOT_FOUND, format!("document {doc:?} was never written")).into_response(),
+        Some(body) if text => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
+        Some(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+    }
+}
+
+async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec<u8>>, String> {
+    if let Some(room) = app.registry.live_room(doc) {
+        let (reply, answer) = oneshot::channel();
+        if room.tx.send(RoomMsg::Read { kind, reply }).await.is_ok() {
+            return answer.await.map_err(|_| "document closed while reading; retry".to_string());
+        }
+        return Err("document closed while reading; retry".into());
+    }
+    let Some(stored) = app.registry.store.load(doc).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let state = DocState::load(stored.parts()).map_err(|e| format!("stored data is corrupt: {e}"))?;
+    Ok(Some(match kind {
+        ReadKind::Update => state.full_state(),
+        ReadKind::Text(root) => state.text(&root).unwrap_or_default().into_bytes(),
     }))
 }
 

@@ -6,7 +6,10 @@
 //! - [`http`]: every route, in one function.
 //! - [`connection`]: one client socket (reader loop + writer task over a bounded queue).
 //! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
-//! - [`room`]: the actor that owns one document: applies updates, broadcasts, tracks presence.
+//! - [`room`]: the actor that owns one document: applies updates, stores them, broadcasts once
+//!   they are durable, tracks presence.
+//! - [`memory`]: returns freed memory to the OS after evictions.
+//! - [`store`]: the `Store` trait and its embedded SQLite backend (update log, snapshots).
 //! - [`App`] ties them together; [`serve`] runs until shutdown.
 //!
 //! Data flows client → connection reader → room inbox → room → member queues → writers.
@@ -15,8 +18,10 @@
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod memory;
 pub mod registry;
 pub mod room;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +37,8 @@ use tracing::{info, warn};
 
 use crate::config::ServeArgs;
 use crate::registry::Registry;
+use crate::store::SharedStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
 /// Shared server state, handed to every route and connection.
 pub struct App {
@@ -65,7 +72,16 @@ pub async fn serve_on(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let registry = Registry::new(config.clone(), shutdown.child_token());
+    let store: SharedStore = Arc::new(SqliteStore::open(
+        &config.data_dir,
+        SqliteOptions {
+            durability: config.durability,
+            commit_delay: config.commit_delay,
+            max_db_bytes: config.max_db_size,
+            ..SqliteOptions::default()
+        },
+    )?);
+    let registry = Registry::new(config.clone(), store.clone(), shutdown.child_token());
     let app = Arc::new(App {
         config,
         registry: registry.clone(),
@@ -74,6 +90,7 @@ pub async fn serve_on(
         next_conn_id: AtomicU64::new(1),
         connections: AtomicUsize::new(0),
     });
+    tokio::spawn(memory::trim_task(shutdown.clone()));
     let addr = listener.local_addr()?;
     info!(%addr, "listening");
 
@@ -104,8 +121,10 @@ pub async fn serve_on(
     {
         warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
+    // Rooms finish their writes in flight, then the store commits what is queued and closes.
     registry.tasks.close();
     registry.tasks.wait().await;
+    store.close().await;
     info!("stopped");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The `concord` binary: parses the command line, sets up logging, runs the chosen command.
 
 use clap::Parser;
+
+
 use concord_server::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServeArgs;
 use crate::connection::ClientHandle;
 use crate::room::{Room, RoomMsg};
+use crate::store::SharedStore;
 
 /// Why a connection could not join its document.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +41,7 @@ pub struct Registry {
     docs: DashMap<DocName, RoomHandle>,
     next_generation: AtomicU64,
     pub config: ServeArgs,
+    pub store: SharedStore,
     /// Cancelled when the server stops; rooms flush and exit.
     pub shutdown: CancellationToken,
     /// Tracks room tasks so shutdown can wait for them to finish writing.
@@ -50,11 +52,12 @@ pub struct Registry {
 const JOIN_RETRIES: usize = 8;
 
 impl Registry {
-    pub fn new(config: ServeArgs, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(config: ServeArgs, store: SharedStore, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Registry {
             docs: DashMap::new(),
             next_generation: AtomicU64::new(1),
             config,
+            store,
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -80,8 +83,7 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let room = Room::new(name.clone(), generation, self.clone(), rx);
-        self.tasks.spawn(room.run());
+        self.tasks.spawn(Room::run(name.clone(), generation, self.clone(), rx));
         RoomHandle { tx, generation }
     }
 
@@ -122,6 +124,11 @@ impl Registry {
         self.docs
             .remove_if(name, |_, h| h.generation == generation)
             .is_some()
+    }
+
+    /// The live room of `name`, if any (does not start one).
+    pub fn live_room(&self, name: &DocName) -> Option<RoomHandle> {
+        self.docs.get(name).map(|h| h.clone()).filter(|h| !h.tx.is_closed())
     }
 
     /// Number of live documents.

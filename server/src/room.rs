@@ -4,35 +4,46 @@
 //! state needs no lock and updates are applied in one order. Broadcasts never wait on a client:
 //! a member whose queue is full is dropped (it resyncs on reconnect) so one slow client cannot
 //! stall the room.
+//!
+//! **Durability.** A new update is applied in memory at once and appended to the store, but what
+//! it makes visible (its broadcast, and any Step2 or HTTP read computed after it) waits in the
+//! [`Outbox`] until the store has committed it. Updates keep flowing while earlier ones commit:
+//! the store batches them into one transaction (group commit), and the outbox releases effects in
+//! order as commits complete. With `--durability async` broadcasts skip the outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::close_code;
 use bytes::Bytes;
 use concord_crdt::yrs::ClientID;
-use concord_crdt::{Applied, ClientMessage, DocName, DocState, encode};
+use concord_crdt::{Applied, ClientMessage, DocName, DocState, IncomingUpdate, encode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::connection::{CLOSE_TOO_SLOW, ClientHandle, ConnId, SendError};
 use crate::registry::{JoinError, Registry};
+use crate::store::{Append, Commit, Durability, LogTail, Seq, StoreError};
 
 /// Messages a room accepts.
 pub enum RoomMsg {
     /// A connection joins: the room sends it Step1 and the awareness states, then replies.
-    Join {
-        client: ClientHandle,
-        reply: oneshot::Sender<Result<(), JoinError>>,
-    },
+    Join { client: ClientHandle, reply: oneshot::Sender<Result<(), JoinError>> },
     /// A connection ended: forget it and broadcast the removal of its awareness states.
     Leave { id: ConnId },
     /// The decoded messages of one frame from connection `id`.
-    Frame {
-        id: ConnId,
-        msgs: Vec<ClientMessage>,
-    },
+    Frame { id: ConnId, msgs: Vec<ClientMessage> },
+    /// A read for the HTTP API, answered with committed state only.
+    Read { kind: ReadKind, reply: oneshot::Sender<Option<Vec<u8>>> },
+}
+
+/// What an HTTP read wants. The answer is `None` when the document was never written.
+pub enum ReadKind {
+    /// The whole document as one Yjs v1 update.
+    Update,
+    /// The text of the `Y.Text` root with this name, UTF-8.
+    Text(String),
 }
 
 /// A member connection and the awareness client ids it announced (removed when it leaves, or
@@ -42,130 +53,207 @@ struct Member {
     awareness_ids: Vec<ClientID>,
 }
 
+/// Something visible that must wait for earlier writes to be durable.
+enum Effect {
+    Broadcast(Bytes),
+    Send(ConnId, Bytes),
+    Reply(oneshot::Sender<Option<Vec<u8>>>, Option<Vec<u8>>),
+}
+
+/// Writes in flight, oldest first, each with the effects that wait for it.
+struct Pending {
+    commit: Commit,
+    then: Vec<Effect>,
+}
+
+#[derive(Default)]
+struct Outbox(VecDeque<Pending>);
+
+impl Outbox {
+    /// Queues `effect` behind every write in flight, or returns it if nothing is in flight.
+    fn defer(&mut self, effect: Effect) -> Option<Effect> {
+        match self.0.back_mut() {
+            Some(p) => {
+                p.then.push(effect);
+                None
+            }
+            None => Some(effect),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Waits for the oldest write; pending forever when there is none (for `select!`).
+    async fn next(&mut self) -> (Result<Seq, StoreError>, Vec<Effect>) {
+        match self.0.front_mut() {
+            Some(p) => {
+                let r = (&mut p.commit).await.unwrap_or(Err(StoreError::Closed));
+                let p = self.0.pop_front().expect("front exists");
+                (r, p.then)
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Why a room stopped serving.
+enum Stop {
+    Evicted,
+    Shutdown,
+    StoreFailed(StoreError),
+}
+
 pub struct Room {
     name: DocName,
     generation: u64,
     registry: Arc<Registry>,
-    rx: mpsc::Receiver<RoomMsg>,
     members: HashMap<ConnId, Member>,
+    state: DocState,
+    /// Whether the document has ever been written (404 for the HTTP API otherwise).
+    exists: bool,
+    /// Log written since the last snapshot, to decide when to compact.
+    tail: LogTail,
 }
 
 impl Room {
-    pub fn new(
-        name: DocName,
-        generation: u64,
-        registry: Arc<Registry>,
-        rx: mpsc::Receiver<RoomMsg>,
-    ) -> Self {
-        Room {
-            name,
-            generation,
-            registry,
-            rx,
-            members: HashMap::new(),
-        }
+    /// Loads the document, then serves messages until the room is evicted, the server stops, or
+    /// the store fails. Nothing is answered before the load completes: messages (joins included)
+    /// wait in the channel.
+    pub async fn run(name: DocName, generation: u64, registry: Arc<Registry>, mut rx: mpsc::Receiver<RoomMsg>) {
+        let loaded = match registry.store.load(&name).await {
+            Ok(stored) => stored
+                .map(|s| DocState::load(s.parts()).map(|state| (state, s.tail())))
+                .transpose()
+                .map_err(|e| format!("stored data is corrupt: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let (state, exists, tail) = match loaded {
+            Ok(Some((state, tail))) => (state, true, tail),
+            Ok(None) => (DocState::new(), false, LogTail::default()),
+            Err(reason) => {
+                // Never serve an empty document in place of stored data: refuse everyone waiting
+                // and leave, so a later connection tries the load again.
+                error!(doc = %name, %reason, "document load failed");
+                registry.remove_if_current(&name, generation);
+                refuse_all(&mut rx, JoinError::Load(reason)).await;
+                return;
+            }
+        };
+        let mut room = Room { name, generation, registry, members: HashMap::new(), state, exists, tail };
+        let mut outbox = Outbox::default();
+        let stop = room.serve(&mut rx, &mut outbox).await;
+        room.finish(stop, &mut rx, outbox).await;
     }
 
-    /// Loads the document, then serves messages until the room is evicted or the server stops.
-    pub async fn run(mut self) {
-        // Load point: storage plugs in here. Nothing is answered before this completes; messages
-        // (joins included) wait in the channel.
-        let mut state = match self.load().await {
-            Ok(state) => state,
-            Err(reason) => return self.fail(reason).await,
-        };
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, outbox: &mut Outbox) -> Stop {
         let evict_after = self.registry.config.evict_after;
-        let mut idle_since = Some(Instant::now());
         let shutdown = self.registry.shutdown.clone();
+        let mut idle_since = Some(Instant::now());
         loop {
             let deadline = idle_since.map(|t| t + evict_after);
             tokio::select! {
-                msg = self.rx.recv() => {
-                    let Some(msg) = msg else { break };
-                    self.handle(&mut state, msg);
-                    idle_since = if self.members.is_empty() { Some(Instant::now()) } else { None };
+                (result, effects) = outbox.next() => match result {
+                    Ok(_) => self.run_effects(effects),
+                    Err(e) => return Stop::StoreFailed(e),
+                },
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return Stop::Shutdown };
+                    if let Err(e) = self.handle(msg, outbox).await {
+                        return Stop::StoreFailed(e);
+                    }
+                    idle_since = self.members.is_empty().then(Instant::now);
                 }
-                _ = sleep_until_opt(deadline) => {
-                    // Eviction point: storage flushes here before the state is dropped.
+                _ = sleep_until_opt(deadline), if outbox.is_empty() => {
                     if self.registry.remove_if_current(&self.name, self.generation) {
-                        debug!(doc = %self.name, "evicting idle document");
-                        self.rx.close();
-                        // Messages already queued lose their room: dropping a join's reply makes
-                        // that connection retry on a fresh room.
-                        while self.rx.recv().await.is_some() {}
-                        break;
+                        return Stop::Evicted;
                     }
                     idle_since = None;
                 }
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return Stop::Shutdown,
             }
         }
     }
 
-    async fn load(&mut self) -> Result<DocState, String> {
-        Ok(DocState::new())
+    /// Eviction point and shutdown: every write in flight completes before the state is dropped.
+    async fn finish(mut self, stop: Stop, rx: &mut mpsc::Receiver<RoomMsg>, mut outbox: Outbox) {
+        match stop {
+            Stop::Evicted | Stop::Shutdown => {
+                while !outbox.is_empty() {
+                    match outbox.next().await {
+                        (Ok(_), effects) => self.run_effects(effects),
+                        (Err(e), _) => return self.fail_store(e, rx).await,
+                    }
+                }
+                if matches!(stop, Stop::Evicted) {
+                    debug!(doc = %self.name, "evicted idle document");
+                    crate::memory::freed_a_lot();
+                } else {
+                    self.registry.remove_if_current(&self.name, self.generation);
+                }
+                // Messages already queued lose their room: dropping a join's reply makes that
+                // connection retry on a fresh room, which loads what was just committed.
+                rx.close();
+                while rx.recv().await.is_some() {}
+            }
+            Stop::StoreFailed(e) => self.fail_store(e, rx).await,
+        }
     }
 
-    /// The document could not be loaded: refuse every waiting connection with the cause and
-    /// leave the registry, so that a later connection tries again. No empty document is created.
-    async fn fail(mut self, reason: String) {
-        warn!(doc = %self.name, %reason, "document load failed");
+    /// A write failed: what is in memory is ahead of the disk and must not be served. Close every
+    /// member with 1011 (their clients keep their edits and resend them on reconnect) and leave,
+    /// so the next connection reloads what is actually stored.
+    async fn fail_store(mut self, e: StoreError, rx: &mut mpsc::Receiver<RoomMsg>) {
+        error!(doc = %self.name, error = %e, members = self.members.len(), "write failed; closing the document's connections");
         self.registry.remove_if_current(&self.name, self.generation);
-        self.rx.close();
-        while let Some(msg) = self.rx.recv().await {
-            if let RoomMsg::Join { reply, .. } = msg {
-                let _ = reply.send(Err(JoinError::Load(reason.clone())));
-            }
+        for (_, m) in self.members.drain() {
+            m.client.close(close_code::ERROR, format!("storage failure: {e}"));
         }
+        refuse_all(rx, JoinError::Load(format!("storage failure: {e}"))).await;
     }
 
-    fn handle(&mut self, state: &mut DocState, msg: RoomMsg) {
+    async fn handle(&mut self, msg: RoomMsg, outbox: &mut Outbox) -> Result<(), StoreError> {
         match msg {
             RoomMsg::Join { client, reply } => {
                 let id = client.id;
-                let mut hello = vec![Bytes::from(encode::sync_step1(&state.state_vector()))];
-                if let Some(aw) = state.awareness_states() {
-                    hello.push(Bytes::from(encode::awareness(&aw)));
-                }
-                self.members.insert(
-                    id,
-                    Member {
-                        client,
-                        awareness_ids: Vec::new(),
-                    },
-                );
-                for frame in hello {
-                    self.send_to(state, id, frame);
+                self.members.insert(id, Member { client, awareness_ids: Vec::new() });
+                self.send_to(id, Bytes::from(encode::sync_step1(&self.state.state_vector())));
+                if let Some(aw) = self.state.awareness_states() {
+                    self.send_to(id, Bytes::from(encode::awareness(&aw)));
                 }
                 let _ = reply.send(Ok(()));
             }
-            RoomMsg::Leave { id } => self.remove_member(state, id),
+            RoomMsg::Leave { id } => self.remove_member(id),
             RoomMsg::Frame { id, msgs } => {
                 for msg in msgs {
                     if !self.members.contains_key(&id) {
-                        return; // dropped while handling an earlier message of the frame
+                        break; // dropped while handling an earlier message of the frame
                     }
-                    self.handle_client_message(state, id, msg);
+                    self.handle_client_message(id, msg, outbox).await?;
                 }
+            }
+            RoomMsg::Read { kind, reply } => {
+                let answer = self.exists.then(|| match kind {
+                    ReadKind::Update => self.state.full_state(),
+                    ReadKind::Text(root) => self.state.text(&root).unwrap_or_default().into_bytes(),
+                });
+                self.effect(outbox, Effect::Reply(reply, answer));
             }
         }
+        Ok(())
     }
 
-    fn handle_client_message(&mut self, state: &mut DocState, id: ConnId, msg: ClientMessage) {
+    async fn handle_client_message(&mut self, id: ConnId, msg: ClientMessage, outbox: &mut Outbox) -> Result<(), StoreError> {
         match msg {
             ClientMessage::SyncStep1(sv) => {
-                let frame = encode::sync_step2(&state.diff(&sv));
-                self.send_to(state, id, Bytes::from(frame));
+                let frame = Bytes::from(encode::sync_step2(&self.state.diff(&sv)));
+                self.effect(outbox, Effect::Send(id, frame));
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                let frame = encode::update(&update.bytes);
-                match state.apply_update(update) {
-                    Ok(Applied::Changed) => self.broadcast(state, Bytes::from(frame)),
-                    Ok(Applied::Unchanged) => {}
-                    Err(e) => self.reject(state, id, close_code::INVALID, e.to_string()),
-                }
+                self.accept_update(id, update, outbox).await?;
             }
-            ClientMessage::Awareness(update) => match state.apply_awareness(update) {
+            ClientMessage::Awareness(update) => match self.state.apply_awareness(update) {
                 Ok(Some(summary)) => {
                     if let Some(member) = self.members.get_mut(&id) {
                         for c in summary.added.iter().chain(&summary.updated) {
@@ -173,46 +261,104 @@ impl Room {
                                 member.awareness_ids.push(*c);
                             }
                         }
-                        member
-                            .awareness_ids
-                            .retain(|c| !summary.removed.contains(c));
+                        member.awareness_ids.retain(|c| !summary.removed.contains(c));
                     }
-                    if let Some(aw) = state.awareness_of(summary.all_changes()) {
-                        self.broadcast(state, Bytes::from(encode::awareness(&aw)));
+                    // Presence is not stored: it is relayed at once.
+                    if let Some(aw) = self.state.awareness_of(summary.all_changes()) {
+                        self.broadcast(Bytes::from(encode::awareness(&aw)));
                     }
                 }
                 Ok(None) => {}
-                Err(e) => self.reject(state, id, close_code::INVALID, e.to_string()),
+                Err(e) => self.reject(id, close_code::INVALID, e.to_string()),
             },
             ClientMessage::AwarenessQuery => {
-                if let Some(aw) = state.awareness_states() {
-                    self.send_to(state, id, Bytes::from(encode::awareness(&aw)));
+                if let Some(aw) = self.state.awareness_states() {
+                    self.send_to(id, Bytes::from(encode::awareness(&aw)));
                 }
             }
             ClientMessage::Auth | ClientMessage::Unknown(_) => {}
         }
+        Ok(())
+    }
+
+    /// Applies an update from member `id`; if it brought something new, stores it and relays it
+    /// once stored (or at once with async durability).
+    async fn accept_update(&mut self, id: ConnId, update: IncomingUpdate, outbox: &mut Outbox) -> Result<(), StoreError> {
+        let bytes = update.bytes.clone();
+        match self.state.apply_update(update) {
+            Ok(Applied::Changed) => {}
+            Ok(Applied::Unchanged) => return Ok(()),
+            Err(e) => {
+                self.reject(id, close_code::INVALID, e.to_string());
+                return Ok(());
+            }
+        }
+        let frame = Bytes::from(encode::update(&bytes));
+        self.tail.entries += 1;
+        self.tail.bytes += bytes.len() as u64;
+        let commit = self.registry.store.append(Append { doc: self.name.clone(), update: bytes, path: Vec::new() }).await?;
+        self.exists = true;
+        match self.registry.config.durability {
+            Durability::Sync => outbox.0.push_back(Pending { commit, then: vec![Effect::Broadcast(frame)] }),
+            Durability::Async => {
+                outbox.0.push_back(Pending { commit, then: Vec::new() });
+                self.broadcast(frame);
+            }
+        }
+        self.maybe_compact(outbox).await
+    }
+
+    /// Replaces the log with a snapshot once the log since the last one passes a threshold.
+    async fn maybe_compact(&mut self, outbox: &mut Outbox) -> Result<(), StoreError> {
+        let cfg = &self.registry.config;
+        if self.tail.entries < cfg.compact_after_updates && self.tail.bytes < cfg.compact_after_bytes {
+            return Ok(());
+        }
+        debug!(doc = %self.name, entries = self.tail.entries, bytes = self.tail.bytes, "compacting");
+        // The store writes in order, so this snapshot covers exactly the updates appended so far.
+        let commit = self.registry.store.compact(&self.name, self.state.full_state()).await?;
+        outbox.0.push_back(Pending { commit, then: Vec::new() });
+        self.tail = LogTail::default();
+        Ok(())
+    }
+
+    /// Runs `effect` now if nothing is in flight, otherwise after everything in flight commits.
+    fn effect(&mut self, outbox: &mut Outbox, effect: Effect) {
+        if let Some(effect) = outbox.defer(effect) {
+            self.run_effects(vec![effect]);
+        }
+    }
+
+    fn run_effects(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Broadcast(frame) => self.broadcast(frame),
+                Effect::Send(id, frame) => self.send_to(id, frame),
+                Effect::Reply(reply, answer) => {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
     }
 
     /// Closes one member for sending something unusable; the room and the others carry on.
-    fn reject(&mut self, state: &mut DocState, id: ConnId, code: u16, reason: String) {
+    fn reject(&mut self, id: ConnId, code: u16, reason: String) {
         if let Some(m) = self.members.get(&id) {
             warn!(doc = %self.name, peer = %m.client.peer, %reason, code, "refused a message; closing the connection");
             m.client.close(code, reason);
         }
-        self.remove_member(state, id);
+        self.remove_member(id);
     }
 
-    fn send_to(&mut self, state: &mut DocState, id: ConnId, frame: Bytes) {
-        let Some(m) = self.members.get(&id) else {
-            return;
-        };
+    fn send_to(&mut self, id: ConnId, frame: Bytes) {
+        let Some(m) = self.members.get(&id) else { return };
         if let Err(e) = m.client.try_send(frame) {
-            self.drop_member(state, id, e);
+            self.drop_member(id, e);
         }
     }
 
     /// Sends `frame` to every member, the sender included (y-websocket v4 relies on the echo).
-    fn broadcast(&mut self, state: &mut DocState, frame: Bytes) {
+    fn broadcast(&mut self, frame: Bytes) {
         let mut failed = Vec::new();
         for (id, m) in &self.members {
             if let Err(e) = m.client.try_send(frame.clone()) {
@@ -220,27 +366,32 @@ impl Room {
             }
         }
         for (id, e) in failed {
-            self.drop_member(state, id, e);
+            self.drop_member(id, e);
         }
     }
 
-    fn drop_member(&mut self, state: &mut DocState, id: ConnId, why: SendError) {
+    fn drop_member(&mut self, id: ConnId, why: SendError) {
         if let (SendError::Full, Some(m)) = (&why, self.members.get(&id)) {
             info!(doc = %self.name, peer = %m.client.peer, "client too slow (send queue full); disconnecting it");
-            m.client.close(
-                CLOSE_TOO_SLOW,
-                "too slow: send queue full; reconnect to resync",
-            );
+            m.client.close(CLOSE_TOO_SLOW, "too slow: send queue full; reconnect to resync");
         }
-        self.remove_member(state, id);
+        self.remove_member(id);
     }
 
-    fn remove_member(&mut self, state: &mut DocState, id: ConnId) {
-        let Some(member) = self.members.remove(&id) else {
-            return;
-        };
-        if let Some(removal) = state.remove_awareness(&member.awareness_ids) {
-            self.broadcast(state, Bytes::from(encode::awareness(&removal)));
+    fn remove_member(&mut self, id: ConnId) {
+        let Some(member) = self.members.remove(&id) else { return };
+        if let Some(removal) = self.state.remove_awareness(&member.awareness_ids) {
+            self.broadcast(Bytes::from(encode::awareness(&removal)));
+        }
+    }
+}
+
+/// Answers every queued join with `error` and drops everything else, then closes the inbox.
+async fn refuse_all(rx: &mut mpsc::Receiver<RoomMsg>, error: JoinError) {
+    rx.close();
+    while let Some(msg) = rx.recv().await {
+        if let RoomMsg::Join { reply, .. } = msg {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 }

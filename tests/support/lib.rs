@@ -6,4 +6,4 @@ pub mod client;
 pub mod server;
 
 pub use client::{WAIT, YClient};
-pub use server::{Server, concord_bin, http_get};
+pub use server::{Server, assert_contains, concord_bin, http_get, server_doc};

@@ -1,0 +1,119 @@
+//! Durable storage behind a small trait, with SQLite ([`sqlite::SqliteStore`]) as the embedded
+//! default.
+//!
+//! The model is one append-only **update log** per node: every update the node accepts (from a
+//! client now, from a peer region later) gets the next node-local sequence number. Per document, a
+//! **snapshot** (one merged Yjs update) replaces the log entries it covers when the log grows past
+//! a threshold. Loading a document is its snapshot plus the log entries after it.
+//!
+//! The log doubles as the replication log: peers resume from the last sequence they acknowledged
+//! (the `peer_cursors` table), and compaction never deletes an entry a known peer has not
+//! acknowledged yet.
+//!
+//! Writes are asynchronous from the caller's point of view: [`Store::append`] queues the update and
+//! returns a [`Commit`] that resolves once the update is durable. The room relays the update only
+//! then, which is how "an update anyone received is already on disk" holds.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use concord_crdt::DocName;
+use tokio::sync::oneshot;
+
+/// A node-local log sequence number. 0 means "nothing".
+pub type Seq = u64;
+
+/// Errors at the storage boundary.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation: I/O error, disk full, read-only file, size limit reached...
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// A stored row could not be read back as what it should be.
+    #[error("stored data of {doc:?} is corrupt: {reason}")]
+    Corrupt { doc: String, reason: String },
+    /// The store was closed (the server is stopping).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// What is stored for one document: its snapshot and the log entries after it, in order.
+#[derive(Debug, Default, Clone)]
+pub struct StoredDoc {
+    pub snapshot: Option<Vec<u8>>,
+    pub updates: Vec<Vec<u8>>,
+}
+
+impl StoredDoc {
+    /// Every stored part, snapshot first: apply them in this order.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.snapshot.iter().chain(self.updates.iter()).map(|v| v.as_slice())
+    }
+
+    /// Size of the log tail (entries after the snapshot): what compaction thresholds look at.
+    pub fn tail(&self) -> LogTail {
+        LogTail {
+            entries: self.updates.len() as u64,
+            bytes: self.updates.iter().map(|u| u.len() as u64).sum(),
+        }
+    }
+}
+
+/// How much log a document has accumulated since its snapshot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogTail {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// An update to append to the log.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub doc: DocName,
+    /// A Yjs v1 update, exactly as accepted.
+    pub update: Vec<u8>,
+    /// Node ids the update passed through before reaching this node, origin first. Empty for an
+    /// update from one of this node's own clients. Replication uses it to avoid loops.
+    pub path: Vec<String>,
+}
+
+/// Resolves once a queued write is durable (or failed). For an append it carries the sequence
+/// number the update got.
+pub type Commit = oneshot::Receiver<Result<Seq, StoreError>>;
+
+/// How writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Commit (with fsync) before relaying: nothing relayed is ever lost, even on power loss.
+    Sync,
+    /// Relay first, commit within the commit delay: lower latency, but a crash can lose what was
+    /// relayed during the last delay.
+    Async,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The stored state of `doc`, or `None` if it was never written.
+    async fn load(&self, doc: &DocName) -> Result<Option<StoredDoc>, StoreError>;
+
+    /// Queues `entry` for the log. Waits only if the write queue is full (backpressure).
+    async fn append(&self, entry: Append) -> Result<Commit, StoreError>;
+
+    /// Queues the replacement of `doc`'s log entries so far with `snapshot`, which must contain
+    /// every update appended for `doc` before this call. Entries a peer has not acknowledged stay
+    /// in the log (for replication) but are no longer read on load.
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError>;
+
+    /// Flushes queued writes and closes the store. Later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+pub type SharedStore = Arc<dyn Store>;

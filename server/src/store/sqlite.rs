@@ -1,0 +1,481 @@
+//! The embedded store: SQLite in WAL mode, one file (`concord.db`) in the data dir.
+//!
+//! Writes go through one writer thread fed by a bounded channel, which gives **group commit**:
+//! whatever queued up while the previous transaction was being synced is written in the next
+//! single transaction, with one fsync, whatever documents it belongs to. Reads (loads) run on
+//! tokio's blocking pool over a small pool of read connections; WAL lets them proceed while the
+//! writer writes.
+//!
+//! Schema (see [`SCHEMA`]):
+//! - `docs`: one row per document ever written: its id, name, snapshot and the log sequence the
+//!   snapshot covers (`snapshot_seq`).
+//! - `log`: the node's update log. `seq` is the node-local sequence number (the replication
+//!   cursor), `path` the nodes the update passed through.
+//! - `peer_cursors`: per peer region, the last `seq` it acknowledged. Compaction keeps every
+//!   entry above the smallest of them.
+//! - `meta`: `last_seq`, so sequence numbers never go backwards even when compaction deleted the
+//!   newest entries.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use concord_crdt::DocName;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::{Append, Commit, Durability, Seq, Store, StoreError, StoredDoc};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    snapshot     BLOB,
+    snapshot_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS log (
+    seq    INTEGER PRIMARY KEY,
+    doc_id INTEGER NOT NULL REFERENCES docs(id),
+    path   TEXT NOT NULL DEFAULT '',
+    data   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_doc_seq ON log(doc_id, seq);
+CREATE TABLE IF NOT EXISTS peer_cursors (
+    node_id   TEXT PRIMARY KEY,
+    acked_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// Name of the database file inside the data dir.
+pub const DB_FILE: &str = "concord.db";
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// With [`Durability::Async`]: the longest a relayed update waits before its commit.
+    pub commit_delay: Duration,
+    /// Refuse writes once the database reaches this size (0: no limit). A full store makes
+    /// writes fail, exactly like a full disk.
+    pub max_db_bytes: u64,
+    /// Queued writes before appenders wait.
+    pub queue: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { durability: Durability::Sync, commit_delay: Duration::from_millis(50), max_db_bytes: 0, queue: 8192 }
+    }
+}
+
+/// Most writes in one transaction; bounds the latency one batch adds to the next.
+const MAX_BATCH: usize = 4096;
+
+enum Op {
+    Append { entry: Append, done: oneshot::Sender<Result<Seq, StoreError>> },
+    Compact { doc: DocName, snapshot: Vec<u8>, done: oneshot::Sender<Result<Seq, StoreError>> },
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Mutex<Option<flume::Sender<Op>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("creating data dir {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let conn = open_writer(&path, &options)?;
+        let last_seq = last_seq(&conn)?;
+        let (tx, rx) = flume::bounded(options.queue);
+        let writer = Writer { conn, options, next_seq: last_seq + 1, doc_ids: HashMap::new() };
+        let handle = std::thread::Builder::new()
+            .name("concord-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        info!(path = %path.display(), last_seq, "store opened");
+        Ok(SqliteStore {
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn sender(&self) -> Result<flume::Sender<Op>, StoreError> {
+        self.tx.lock().unwrap().clone().ok_or(StoreError::Closed)
+    }
+
+    /// Runs `f` on a pooled read connection, on the blocking pool.
+    async fn read<T: Send + 'static>(
+        self: &Self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = match self.readers.lock().unwrap().pop() {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
+        self.readers.lock().unwrap().push(conn);
+        result
+    }
+
+    async fn submit(&self, op: impl FnOnce(oneshot::Sender<Result<Seq, StoreError>>) -> Op) -> Result<Commit, StoreError> {
+        let (done, commit) = oneshot::channel();
+        self.sender()?.send_async(op(done)).await.map_err(|_| StoreError::Closed)?;
+        Ok(commit)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, doc: &DocName) -> Result<Option<StoredDoc>, StoreError> {
+        let name = doc.clone();
+        self.read(move |conn| load_doc(conn, &name)).await
+    }
+
+    async fn append(&self, entry: Append) -> Result<Commit, StoreError> {
+        self.submit(|done| Op::Append { entry, done }).await
+    }
+
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+        let doc = doc.clone();
+        self.submit(|done| Op::Compact { doc, snapshot, done }).await
+    }
+
+    async fn close(&self) {
+        // Dropping the only sender lets the writer drain what is queued, then stop.
+        self.tx.lock().unwrap().take();
+        let handle = self.writer.lock().unwrap().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            info!("store closed");
+        }
+    }
+}
+
+fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Why FULL: in WAL mode a transaction is committed once its frames are in the WAL file.
+    // `synchronous = FULL` fsyncs the WAL at every commit, so when COMMIT returns the update is
+    // on stable storage and survives a power loss, not only a crash of this process. (`NORMAL`
+    // would fsync only at checkpoints: a committed update could vanish with the power.) The
+    // room relays an update only after its COMMIT returned, so whatever any client or peer has
+    // received is on disk. Group commit keeps the cost at one fsync per batch, not per update.
+    // In `async` mode, relaying does not wait for the commit; the setting stays FULL so what is
+    // committed is still safe.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    if options.max_db_bytes > 0 {
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (options.max_db_bytes as i64 / page).max(1);
+        conn.pragma_update(None, "max_page_count", pages)?;
+    }
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn last_seq(conn: &Connection) -> Result<Seq, StoreError> {
+    let from_meta: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0)).optional()?;
+    let from_meta: Seq = from_meta.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let from_log: Option<i64> = conn.query_row("SELECT MAX(seq) FROM log", [], |r| r.get(0))?;
+    Ok(from_meta.max(from_log.unwrap_or(0) as Seq))
+}
+
+fn load_doc(conn: &Connection, doc: &DocName) -> Result<Option<StoredDoc>, StoreError> {
+    let row: Option<(i64, Option<Vec<u8>>, i64)> = conn
+        .prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")?
+        .query_row([doc.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((id, snapshot, snapshot_seq)) = row else { return Ok(None) };
+    let mut stmt = conn.prepare_cached("SELECT data FROM log WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq")?;
+    let updates = stmt.query_map(params![id, snapshot_seq], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(StoredDoc { snapshot, updates }))
+}
+
+/// The writer thread's state. Only this thread writes to the database.
+struct Writer {
+    conn: Connection,
+    options: SqliteOptions,
+    next_seq: Seq,
+    /// Document name → row id, for documents this process has written.
+    doc_ids: HashMap<DocName, i64>,
+}
+
+impl Writer {
+    fn run(mut self, rx: flume::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            match self.options.durability {
+                // Take whatever queued up during the previous commit: that is the group commit.
+                Durability::Sync => {
+                    while batch.len() < MAX_BATCH {
+                        let Ok(op) = rx.try_recv() else { break };
+                        batch.push(op);
+                    }
+                }
+                // Gather for up to the commit delay: fewer, larger transactions.
+                Durability::Async => {
+                    let deadline = Instant::now() + self.options.commit_delay;
+                    while batch.len() < MAX_BATCH {
+                        let Ok(op) = rx.recv_deadline(deadline) else { break };
+                        batch.push(op);
+                    }
+                }
+            }
+            self.write_batch(batch);
+        }
+        if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+            warn!("final checkpoint failed: {e}");
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<Op>) {
+        let first_seq = self.next_seq;
+        let mut new_docs = Vec::new();
+        match self.try_write(&batch, &mut new_docs) {
+            Ok(seqs) => {
+                for (op, seq) in batch.into_iter().zip(seqs) {
+                    let _ = done_of(op).send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, writes = batch.len(), "store write failed; the affected documents close their connections");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.next_seq = first_seq;
+                for name in new_docs {
+                    self.doc_ids.remove(&name);
+                }
+                for op in batch {
+                    let _ = done_of(op).send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Writes the batch in one transaction; returns each op's sequence number.
+    fn try_write(&mut self, batch: &[Op], new_docs: &mut Vec<DocName>) -> Result<Vec<Seq>, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op {
+                Op::Append { entry, .. } => {
+                    let doc_id = self.doc_id(&entry.doc, new_docs)?;
+                    let seq = self.next_seq;
+                    self.conn
+                        .prepare_cached("INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)")?
+                        .execute(params![seq as i64, doc_id, entry.path.join(","), entry.update])?;
+                    self.next_seq += 1;
+                    seqs.push(seq);
+                }
+                Op::Compact { doc, snapshot, .. } => {
+                    let doc_id = self.doc_id(doc, new_docs)?;
+                    seqs.push(self.compact(doc_id, snapshot)?);
+                }
+            }
+        }
+        self.conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES ('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute([(self.next_seq - 1).to_string()])?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(seqs)
+    }
+
+    /// Replaces the log entries of `doc_id` so far with `snapshot`. Entries that some peer has
+    /// not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
+    fn compact(&mut self, doc_id: i64, snapshot: &[u8]) -> Result<Seq, StoreError> {
+        let covered: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(seq) FROM log WHERE doc_id = ?1")?
+            .query_row([doc_id], |r| r.get(0))?;
+        let covered = covered.unwrap_or(0);
+        self.conn
+            .prepare_cached("UPDATE docs SET snapshot = ?2, snapshot_seq = MAX(snapshot_seq, ?3) WHERE id = ?1")?
+            .execute(params![doc_id, snapshot, covered])?;
+        let retain_above: Option<i64> =
+            self.conn.prepare_cached("SELECT MIN(acked_seq) FROM peer_cursors")?.query_row([], |r| r.get(0))?;
+        let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
+        self.conn
+            .prepare_cached("DELETE FROM log WHERE doc_id = ?1 AND seq <= ?2")?
+            .execute(params![doc_id, delete_upto])?;
+        Ok(covered as Seq)
+    }
+
+    fn doc_id(&mut self, name: &DocName, new_docs: &mut Vec<DocName>) -> Result<i64, StoreError> {
+        if let Some(id) = self.doc_ids.get(name) {
+            return Ok(*id);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO docs (name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
+            .execute([name.as_str()])?;
+        let id: i64 = self
+            .conn
+            .prepare_cached("SELECT id FROM docs WHERE name = ?1")?
+            .query_row([name.as_str()], |r| r.get(0))?;
+        self.doc_ids.insert(name.clone(), id);
+        new_docs.push(name.clone());
+        Ok(id)
+    }
+}
+
+fn done_of(op: Op) -> oneshot::Sender<Result<Seq, StoreError>> {
+    match op {
+        Op::Append { done, .. } | Op::Compact { done, .. } => done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_crdt::DocState;
+    use concord_crdt::yrs::{Doc, GetString, ReadTxn, Text, Transact, WriteTxn};
+    use proptest::prelude::*;
+
+    fn name(s: &str) -> DocName {
+        DocName::parse(s).unwrap()
+    }
+
+    async fn append(store: &SqliteStore, doc: &str, update: Vec<u8>) -> Seq {
+        let commit = store.append(Append { doc: name(doc), update, path: vec![] }).await.unwrap();
+        commit.await.unwrap().unwrap()
+    }
+
+    fn edit(doc: &Doc, at: u32, s: &str) -> Vec<u8> {
+        let mut txn = doc.transact_mut();
+        let t = txn.get_or_insert_text("t");
+        let at = at.min(t.len(&txn));
+        t.insert(&mut txn, at, s);
+        txn.encode_update_v1()
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_grow_across_restarts_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Doc::new();
+        {
+            let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+            assert_eq!(append(&store, "a", edit(&client, 0, "x")).await, 1);
+            assert_eq!(append(&store, "b", edit(&client, 0, "y")).await, 2);
+            let covered = store.compact(&name("b"), vec![0, 0]).await.unwrap().await.unwrap().unwrap();
+            assert_eq!(covered, 2);
+            store.close().await;
+        }
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        // seq 2 was compacted away, yet numbering continues after it
+        assert_eq!(append(&store, "a", edit(&client, 0, "z")).await, 3);
+        assert!(store.load(&name("never")).await.unwrap().is_none());
+        store.close().await;
+        assert!(matches!(store.append(Append { doc: name("a"), update: vec![], path: vec![] }).await, Err(StoreError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_entries_peers_have_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let client = Doc::new();
+        for i in 0..5 {
+            append(&store, "d", edit(&client, 0, &i.to_string())).await;
+        }
+        {
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            c.execute("INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 3)", []).unwrap();
+        }
+        let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
+        store.compact(&name("d"), state.full_state()).await.unwrap().await.unwrap().unwrap();
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let left: Vec<i64> = c.prepare("SELECT seq FROM log ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(left, vec![4, 5], "entries above the slowest peer's cursor stay");
+        // ...but a load reads the snapshot only.
+        let stored = store.load(&name("d")).await.unwrap().unwrap();
+        assert!(stored.snapshot.is_some() && stored.updates.is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_store_reports_errors_and_keeps_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions { max_db_bytes: 256 * 1024, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), opts).unwrap();
+        let client = Doc::new();
+        let mut ok = 0;
+        let mut failed = None;
+        for i in 0..1000 {
+            let commit = store.append(Append { doc: name("full"), update: edit(&client, 0, &"x".repeat(4096)), path: vec![] }).await.unwrap();
+            match commit.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (_, e) = failed.expect("writes past the size limit must fail");
+        assert!(e.to_string().contains("full"), "{e}");
+        let stored = store.load(&name("full")).await.unwrap().unwrap();
+        assert_eq!(stored.updates.len(), ok, "every acknowledged write is still there");
+        store.close().await;
+    }
+
+    fn edits() -> impl Strategy<Value = Vec<(u8, u32, String, bool)>> {
+        proptest::collection::vec((0u8..3, 0u32..50, "[a-z]{1,8}", any::<bool>()), 1..60)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        /// Random updates from several clients, stored, compacted at random points, reloaded:
+        /// the reloaded document has the same state vector and content as one built in memory.
+        #[test]
+        fn store_compact_reload_round_trip(ops in edits()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+                let clients: Vec<Doc> = (0..3).map(|_| Doc::new()).collect();
+                let mut reference = DocState::new();
+                for (who, at, text, compact) in ops {
+                    let u = edit(&clients[who as usize], at, &text);
+                    reference.apply_update(concord_crdt::IncomingUpdate::decode(&u).unwrap()).unwrap();
+                    append(&store, "p", u).await;
+                    if compact {
+                        store.compact(&name("p"), reference.full_state()).await.unwrap().await.unwrap().unwrap();
+                    }
+                }
+                store.close().await;
+                let reopened = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+                let loaded = DocState::load(reopened.load(&name("p")).await.unwrap().unwrap().parts()).unwrap();
+                prop_assert_eq!(loaded.state_vector(), reference.state_vector());
+                prop_assert_eq!(loaded.text("t"), reference.text("t"));
+                let txn = loaded.doc().transact();
+                let _ = txn.get_text("t").map(|t| t.get_string(&txn));
+                reopened.close().await;
+                Ok(())
+            })?;
+        }
+    }
+}
