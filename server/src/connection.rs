@@ -278,7 +278,7 @@ async fn write_loop(
                     return;
                 }
                 sent_data = false;
-                if ticks % 2 == 0 {
+                if ticks.is_multiple_of(2) {
                     if control.silent_for() > ping_interval * 2 {
                         info!("no answer for {:?}; closing dead connection", control.silent_for());
                         control.token.cancel();
@@ -302,6 +302,10 @@ mod tests {
     fn close_reasons_fit_a_control_frame() {
         assert_eq!(fit_close_reason("short".into()), "short");
         let long = fit_close_reason("é".repeat(100));
-        assert!(long.len() <= MAX_CLOSE_REASON && long.ends_with("..."), "{}", long.len());
+        assert!(
+            long.len() <= MAX_CLOSE_REASON && long.ends_with("..."),
+            "{}",
+            long.len()
+        );
     }
 }

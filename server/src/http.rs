@@ -54,7 +54,11 @@ async fn doc_read(State(app): State<Arc<App>>, Path(rest): Path<String>) -> Resp
     } else if let Some((name, root)) = rest.rsplit_once("/text/") {
         (name, ReadKind::Text(root.to_string()))
     } else {
-        return (StatusCode::NOT_FOUND, "expected /api/docs/{doc}/update or /api/docs/{doc}/text/{name}").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "expected /api/docs/{doc}/update or /api/docs/{doc}/text/{name}",
+        )
+            .into_response();
     };
     let text = matches!(kind, ReadKind::Text(_));
     let doc = match DocName::parse_with_limit(name, app.config.max_doc_name) {
@@ -66,8 +70,14 @@ async fn doc_read(State(app): State<Arc<App>>, Path(rest): Path<String>) -> Resp
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
     match answer {
-        None => (StatusCode::NOT_FOUND, format!("document {doc:?} was never written")).into_response(),
-        Some(body) if text => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("document {doc:?} was never written"),
+        )
+            .into_response(),
+        Some(body) if text => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+        }
         Some(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
     }
 }
@@ -76,14 +86,23 @@ async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec
     if let Some(room) = app.registry.live_room(doc) {
         let (reply, answer) = oneshot::channel();
         if room.tx.send(RoomMsg::Read { kind, reply }).await.is_ok() {
-            return answer.await.map_err(|_| "document closed while reading; retry".to_string());
+            return answer
+                .await
+                .map_err(|_| "document closed while reading; retry".to_string());
         }
         return Err("document closed while reading; retry".into());
     }
-    let Some(stored) = app.registry.store.load(doc).await.map_err(|e| e.to_string())? else {
+    let Some(stored) = app
+        .registry
+        .store
+        .load(doc)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
-    let state = DocState::load(stored.parts()).map_err(|e| format!("stored data is corrupt: {e}"))?;
+    let state =
+        DocState::load(stored.parts()).map_err(|e| format!("stored data is corrupt: {e}"))?;
     Ok(Some(match kind {
         ReadKind::Update => state.full_state(),
         ReadKind::Text(root) => state.text(&root).unwrap_or_default().into_bytes(),

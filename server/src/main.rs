@@ -2,7 +2,6 @@
 
 use clap::Parser;
 
-
 use concord_server::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 

@@ -65,10 +65,10 @@ impl Registry {
 
     /// The room of `name`, started (and loading) if it is not live.
     pub fn room(self: &Arc<Self>, name: &DocName) -> RoomHandle {
-        if let Some(h) = self.docs.get(name) {
-            if !h.tx.is_closed() {
-                return h.clone();
-            }
+        if let Some(h) = self.docs.get(name)
+            && !h.tx.is_closed()
+        {
+            return h.clone();
         }
         let mut entry = self
             .docs
@@ -83,7 +83,8 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.tasks.spawn(Room::run(name.clone(), generation, self.clone(), rx));
+        self.tasks
+            .spawn(Room::run(name.clone(), generation, self.clone(), rx));
         RoomHandle { tx, generation }
     }
 
@@ -128,7 +129,10 @@ impl Registry {
 
     /// The live room of `name`, if any (does not start one).
     pub fn live_room(&self, name: &DocName) -> Option<RoomHandle> {
-        self.docs.get(name).map(|h| h.clone()).filter(|h| !h.tx.is_closed())
+        self.docs
+            .get(name)
+            .map(|h| h.clone())
+            .filter(|h| !h.tx.is_closed())
     }
 
     /// Number of live documents.

@@ -29,13 +29,22 @@ use crate::store::{Append, Commit, Durability, LogTail, Seq, StoreError};
 /// Messages a room accepts.
 pub enum RoomMsg {
     /// A connection joins: the room sends it Step1 and the awareness states, then replies.
-    Join { client: ClientHandle, reply: oneshot::Sender<Result<(), JoinError>> },
+    Join {
+        client: ClientHandle,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
     /// A connection ended: forget it and broadcast the removal of its awareness states.
     Leave { id: ConnId },
     /// The decoded messages of one frame from connection `id`.
-    Frame { id: ConnId, msgs: Vec<ClientMessage> },
+    Frame {
+        id: ConnId,
+        msgs: Vec<ClientMessage>,
+    },
     /// A read for the HTTP API, answered with committed state only.
-    Read { kind: ReadKind, reply: oneshot::Sender<Option<Vec<u8>>> },
+    Read {
+        kind: ReadKind,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
 }
 
 /// What an HTTP read wants. The answer is `None` when the document was never written.
@@ -121,7 +130,12 @@ impl Room {
     /// Loads the document, then serves messages until the room is evicted, the server stops, or
     /// the store fails. Nothing is answered before the load completes: messages (joins included)
     /// wait in the channel.
-    pub async fn run(name: DocName, generation: u64, registry: Arc<Registry>, mut rx: mpsc::Receiver<RoomMsg>) {
+    pub async fn run(
+        name: DocName,
+        generation: u64,
+        registry: Arc<Registry>,
+        mut rx: mpsc::Receiver<RoomMsg>,
+    ) {
         let loaded = match registry.store.load(&name).await {
             Ok(stored) => stored
                 .map(|s| DocState::load(s.parts()).map(|state| (state, s.tail())))
@@ -141,7 +155,15 @@ impl Room {
                 return;
             }
         };
-        let mut room = Room { name, generation, registry, members: HashMap::new(), state, exists, tail };
+        let mut room = Room {
+            name,
+            generation,
+            registry,
+            members: HashMap::new(),
+            state,
+            exists,
+            tail,
+        };
         let mut outbox = Outbox::default();
         let stop = room.serve(&mut rx, &mut outbox).await;
         room.finish(stop, &mut rx, outbox).await;
@@ -208,7 +230,8 @@ impl Room {
         error!(doc = %self.name, error = %e, members = self.members.len(), "write failed; closing the document's connections");
         self.registry.remove_if_current(&self.name, self.generation);
         for (_, m) in self.members.drain() {
-            m.client.close(close_code::ERROR, format!("storage failure: {e}"));
+            m.client
+                .close(close_code::ERROR, format!("storage failure: {e}"));
         }
         refuse_all(rx, JoinError::Load(format!("storage failure: {e}"))).await;
     }
@@ -217,8 +240,17 @@ impl Room {
         match msg {
             RoomMsg::Join { client, reply } => {
                 let id = client.id;
-                self.members.insert(id, Member { client, awareness_ids: Vec::new() });
-                self.send_to(id, Bytes::from(encode::sync_step1(&self.state.state_vector())));
+                self.members.insert(
+                    id,
+                    Member {
+                        client,
+                        awareness_ids: Vec::new(),
+                    },
+                );
+                self.send_to(
+                    id,
+                    Bytes::from(encode::sync_step1(&self.state.state_vector())),
+                );
                 if let Some(aw) = self.state.awareness_states() {
                     self.send_to(id, Bytes::from(encode::awareness(&aw)));
                 }
@@ -244,7 +276,12 @@ impl Room {
         Ok(())
     }
 
-    async fn handle_client_message(&mut self, id: ConnId, msg: ClientMessage, outbox: &mut Outbox) -> Result<(), StoreError> {
+    async fn handle_client_message(
+        &mut self,
+        id: ConnId,
+        msg: ClientMessage,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
         match msg {
             ClientMessage::SyncStep1(sv) => {
                 let frame = Bytes::from(encode::sync_step2(&self.state.diff(&sv)));
@@ -261,7 +298,9 @@ impl Room {
                                 member.awareness_ids.push(*c);
                             }
                         }
-                        member.awareness_ids.retain(|c| !summary.removed.contains(c));
+                        member
+                            .awareness_ids
+                            .retain(|c| !summary.removed.contains(c));
                     }
                     // Presence is not stored: it is relayed at once.
                     if let Some(aw) = self.state.awareness_of(summary.all_changes()) {
@@ -283,7 +322,12 @@ impl Room {
 
     /// Applies an update from member `id`; if it brought something new, stores it and relays it
     /// once stored (or at once with async durability).
-    async fn accept_update(&mut self, id: ConnId, update: IncomingUpdate, outbox: &mut Outbox) -> Result<(), StoreError> {
+    async fn accept_update(
+        &mut self,
+        id: ConnId,
+        update: IncomingUpdate,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
         let bytes = update.bytes.clone();
         match self.state.apply_update(update) {
             Ok(Applied::Changed) => {}
@@ -296,12 +340,26 @@ impl Room {
         let frame = Bytes::from(encode::update(&bytes));
         self.tail.entries += 1;
         self.tail.bytes += bytes.len() as u64;
-        let commit = self.registry.store.append(Append { doc: self.name.clone(), update: bytes, path: Vec::new() }).await?;
+        let commit = self
+            .registry
+            .store
+            .append(Append {
+                doc: self.name.clone(),
+                update: bytes,
+                path: Vec::new(),
+            })
+            .await?;
         self.exists = true;
         match self.registry.config.durability {
-            Durability::Sync => outbox.0.push_back(Pending { commit, then: vec![Effect::Broadcast(frame)] }),
+            Durability::Sync => outbox.0.push_back(Pending {
+                commit,
+                then: vec![Effect::Broadcast(frame)],
+            }),
             Durability::Async => {
-                outbox.0.push_back(Pending { commit, then: Vec::new() });
+                outbox.0.push_back(Pending {
+                    commit,
+                    then: Vec::new(),
+                });
                 self.broadcast(frame);
             }
         }
@@ -311,13 +369,22 @@ impl Room {
     /// Replaces the log with a snapshot once the log since the last one passes a threshold.
     async fn maybe_compact(&mut self, outbox: &mut Outbox) -> Result<(), StoreError> {
         let cfg = &self.registry.config;
-        if self.tail.entries < cfg.compact_after_updates && self.tail.bytes < cfg.compact_after_bytes {
+        if self.tail.entries < cfg.compact_after_updates
+            && self.tail.bytes < cfg.compact_after_bytes
+        {
             return Ok(());
         }
         debug!(doc = %self.name, entries = self.tail.entries, bytes = self.tail.bytes, "compacting");
         // The store writes in order, so this snapshot covers exactly the updates appended so far.
-        let commit = self.registry.store.compact(&self.name, self.state.full_state()).await?;
-        outbox.0.push_back(Pending { commit, then: Vec::new() });
+        let commit = self
+            .registry
+            .store
+            .compact(&self.name, self.state.full_state())
+            .await?;
+        outbox.0.push_back(Pending {
+            commit,
+            then: Vec::new(),
+        });
         self.tail = LogTail::default();
         Ok(())
     }
@@ -351,7 +418,9 @@ impl Room {
     }
 
     fn send_to(&mut self, id: ConnId, frame: Bytes) {
-        let Some(m) = self.members.get(&id) else { return };
+        let Some(m) = self.members.get(&id) else {
+            return;
+        };
         if let Err(e) = m.client.try_send(frame) {
             self.drop_member(id, e);
         }
@@ -373,13 +442,18 @@ impl Room {
     fn drop_member(&mut self, id: ConnId, why: SendError) {
         if let (SendError::Full, Some(m)) = (&why, self.members.get(&id)) {
             info!(doc = %self.name, peer = %m.client.peer, "client too slow (send queue full); disconnecting it");
-            m.client.close(CLOSE_TOO_SLOW, "too slow: send queue full; reconnect to resync");
+            m.client.close(
+                CLOSE_TOO_SLOW,
+                "too slow: send queue full; reconnect to resync",
+            );
         }
         self.remove_member(id);
     }
 
     fn remove_member(&mut self, id: ConnId) {
-        let Some(member) = self.members.remove(&id) else { return };
+        let Some(member) = self.members.remove(&id) else {
+            return;
+        };
         if let Some(removal) = self.state.remove_awareness(&member.awareness_ids) {
             self.broadcast(Bytes::from(encode::awareness(&removal)));
         }

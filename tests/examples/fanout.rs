@@ -70,8 +70,8 @@ async fn main() {
                         }
                         m = ws.next() => {
                             let Some(Ok(m)) = m else { break };
-                            if let Message::Binary(b) = m {
-                                if b.starts_with(&[0, 2]) {
+                            if let Message::Binary(b) = m
+                                && b.starts_with(&[0, 2]) {
                                     let now = Instant::now();
                                     let h = hasher.hash_one(&b[..]);
                                     if let Some(t) = sent.lock().unwrap().get(&h) {
@@ -79,13 +79,11 @@ async fn main() {
                                     }
                                     // Apply it, as a real editor does, so local edits land in the
                                     // current text rather than in a private branch of it.
-                                    if let Ok(m) = concord_crdt::decode_frame(&b) {
-                                        if let Some(concord_crdt::ClientMessage::Update(u)) = m.into_iter().next() {
+                                    if let Ok(m) = concord_crdt::decode_frame(&b)
+                                        && let Some(concord_crdt::ClientMessage::Update(u)) = m.into_iter().next() {
                                             let _ = doc.transact_mut().apply_update(u.decoded);
                                         }
-                                    }
                                 }
-                            }
                         }
                     }
                 }

@@ -63,8 +63,13 @@ async fn kill_9_loses_nothing_that_was_relayed() {
     server.restart().await;
     for (doc, watcher) in docs.iter().zip(&watchers) {
         let seen = watcher.text("t");
-        assert!(seen.matches('[').count() > 50, "{doc}: the watcher saw too little for the test to mean anything");
-        let mut stored = server_doc(&server, doc).await.expect("document missing after restart");
+        assert!(
+            seen.matches('[').count() > 50,
+            "{doc}: the watcher saw too little for the test to mean anything"
+        );
+        let mut stored = server_doc(&server, doc)
+            .await
+            .expect("document missing after restart");
         assert_contains(&mut stored, &watcher.encoded_state(), doc);
         // And a client reconnecting sees at least as much.
         let c = YClient::connect(&server.ws_url(doc)).await;
@@ -78,7 +83,8 @@ async fn a_clean_restart_serves_the_stored_document() {
     write(&server, "restart/doc", 30, "hello ").await;
     let c = YClient::connect(&server.ws_url("restart/doc")).await;
     c.set("m", "k", "v");
-    c.wait(|s| s.frames.iter().filter(|f| f.starts_with(&[0, 2])).count() >= 1).await;
+    c.wait(|s| s.frames.iter().filter(|f| f.starts_with(&[0, 2])).count() >= 1)
+        .await;
     let status = server.sigterm().await;
     assert!(status.success());
 
@@ -121,7 +127,10 @@ async fn read_api_serves_live_and_stored_documents_and_404s_unknown_ones() {
     let c = write(&server, "api/doc", 3, "xyz").await;
     // live
     let (status, body) = http_get(&server.http_url("/api/docs/api/doc/text/t")).await;
-    assert_eq!((status, String::from_utf8(body).unwrap()), (200, "xyzxyzxyz".to_string()));
+    assert_eq!(
+        (status, String::from_utf8(body).unwrap()),
+        (200, "xyzxyzxyz".to_string())
+    );
     let live = server_doc(&server, "api/doc").await.unwrap();
     assert_eq!(live.text("t").as_deref(), Some("xyzxyzxyz"));
     // stored only: close, wait for eviction
@@ -157,9 +166,17 @@ async fn a_failed_load_creates_no_empty_document_and_leaves_the_data_intact() {
     let rows_of_bad = |dir: &Path| -> Vec<(i64, Vec<u8>)> {
         let c = db(dir);
         let mut q = c.prepare("SELECT seq, data FROM log WHERE doc_id = (SELECT id FROM docs WHERE name = 'load/bad') ORDER BY seq").unwrap();
-        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     };
-    db(&server.data_dir).execute("UPDATE log SET data = X'FFFFFFFF0102' WHERE seq = ?1", [rowid]).unwrap();
+    db(&server.data_dir)
+        .execute(
+            "UPDATE log SET data = X'FFFFFFFF0102' WHERE seq = ?1",
+            [rowid],
+        )
+        .unwrap();
     let before = rows_of_bad(&server.data_dir);
 
     server.restart().await;
@@ -178,12 +195,22 @@ async fn a_failed_load_creates_no_empty_document_and_leaves_the_data_intact() {
     assert_eq!(good.text("t"), "good ".repeat(5));
     // ...and nothing was written over the stored data.
     assert_eq!(rows_of_bad(&server.data_dir), before);
-    let snapshot: Option<Vec<u8>> =
-        db(&server.data_dir).query_row("SELECT snapshot FROM docs WHERE name = 'load/bad'", [], |r| r.get(0)).unwrap();
+    let snapshot: Option<Vec<u8>> = db(&server.data_dir)
+        .query_row(
+            "SELECT snapshot FROM docs WHERE name = 'load/bad'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert!(snapshot.is_none());
 
     // Repaired on disk, the document loads in full: it was never shadowed by an empty one.
-    db(&server.data_dir).execute("UPDATE log SET data = ?2 WHERE seq = ?1", rusqlite::params![rowid, original]).unwrap();
+    db(&server.data_dir)
+        .execute(
+            "UPDATE log SET data = ?2 WHERE seq = ?1",
+            rusqlite::params![rowid, original],
+        )
+        .unwrap();
     let c = YClient::connect(&server.ws_url("load/bad")).await;
     assert_eq!(c.text("t"), "bad ".repeat(5));
 }
@@ -215,7 +242,10 @@ async fn a_full_disk_closes_connections_and_never_reports_success() {
     // Everything the watcher was shown is on disk.
     server.restart().await;
     let mut stored = server_doc(&server, "full").await.expect("stored document");
-    assert!(watcher.text("t").len() >= 8 * 1024, "the watcher saw nothing before the disk filled");
+    assert!(
+        watcher.text("t").len() >= 8 * 1024,
+        "the watcher saw nothing before the disk filled"
+    );
     assert_contains(&mut stored, &watcher.encoded_state(), "full");
 }
 
@@ -236,7 +266,8 @@ async fn evicting_idle_documents_frees_their_memory() {
             async move {
                 let c = YClient::connect(&url).await;
                 c.append("t", &content);
-                c.wait(|s| s.frames.iter().any(|f| f.starts_with(&[0, 2]))).await;
+                c.wait(|s| s.frames.iter().any(|f| f.starts_with(&[0, 2])))
+                    .await;
                 c
             }
         }))
@@ -258,7 +289,10 @@ async fn evicting_idle_documents_frees_their_memory() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = server.rss_kib();
     eprintln!("RSS KiB: base {base}, with 1000 documents {peak}, after eviction {after}");
-    assert!(peak > base + 20_000, "1000 documents of 20 KiB should cost memory (base {base}, peak {peak})");
+    assert!(
+        peak > base + 20_000,
+        "1000 documents of 20 KiB should cost memory (base {base}, peak {peak})"
+    );
     assert!(
         after < base + (peak - base) / 3,
         "memory did not return: base {base} KiB, peak {peak} KiB, after eviction {after} KiB"

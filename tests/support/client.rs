@@ -210,7 +210,12 @@ impl YClient {
 
     /// This client's whole document as one v1 update.
     pub fn encoded_state(&self) -> Vec<u8> {
-        self.shared.lock().unwrap().doc.transact().encode_state_as_update_v1(&StateVector::default())
+        self.shared
+            .lock()
+            .unwrap()
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     pub fn closed(&self) -> Option<(u16, String)> {

@@ -187,9 +187,14 @@ pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
 pub async fn server_doc(server: &Server, doc: &str) -> Option<concord_crdt::DocState> {
     let (status, body) = http_get(&server.http_url(&format!("/api/docs/{doc}/update"))).await;
     match status {
-        200 => Some(concord_crdt::DocState::load([body.as_slice()]).expect("server sent a bad update")),
+        200 => {
+            Some(concord_crdt::DocState::load([body.as_slice()]).expect("server sent a bad update"))
+        }
         404 => None,
-        other => panic!("GET update of {doc}: status {other}: {}", String::from_utf8_lossy(&body)),
+        other => panic!(
+            "GET update of {doc}: status {other}: {}",
+            String::from_utf8_lossy(&body)
+        ),
     }
 }
 
@@ -198,5 +203,9 @@ pub async fn server_doc(server: &Server, doc: &str) -> Option<concord_crdt::DocS
 pub fn assert_contains(server_state: &mut concord_crdt::DocState, client_state: &[u8], what: &str) {
     let update = concord_crdt::IncomingUpdate::decode(client_state).unwrap();
     let applied = server_state.apply_update(update).unwrap();
-    assert_eq!(applied, concord_crdt::Applied::Unchanged, "{what}: the server lacks something the client received");
+    assert_eq!(
+        applied,
+        concord_crdt::Applied::Unchanged,
+        "{what}: the server lacks something the client received"
+    );
 }

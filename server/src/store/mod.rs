@@ -55,7 +55,10 @@ pub struct StoredDoc {
 impl StoredDoc {
     /// Every stored part, snapshot first: apply them in this order.
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
-        self.snapshot.iter().chain(self.updates.iter()).map(|v| v.as_slice())
+        self.snapshot
+            .iter()
+            .chain(self.updates.iter())
+            .map(|v| v.as_slice())
     }
 
     /// Size of the log tail (entries after the snapshot): what compaction thresholds look at.

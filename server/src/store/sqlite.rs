@@ -13,8 +13,8 @@
 //!   cursor), `path` the nodes the update passed through.
 //! - `peer_cursors`: per peer region, the last `seq` it acknowledged. Compaction keeps every
 //!   entry above the smallest of them.
-//! - `meta`: `last_seq`, so sequence numbers never go backwards even when compaction deleted the
-//!   newest entries.
+//! - `meta`: `last_seq` (written with each compaction), so sequence numbers never go backwards
+//!   even when compaction deleted the newest entries.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,12 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { durability: Durability::Sync, commit_delay: Duration::from_millis(50), max_db_bytes: 0, queue: 8192 }
+        SqliteOptions {
+            durability: Durability::Sync,
+            commit_delay: Duration::from_millis(50),
+            max_db_bytes: 0,
+            queue: 8192,
+        }
     }
 }
 
@@ -79,36 +84,53 @@ impl Default for SqliteOptions {
 const MAX_BATCH: usize = 4096;
 
 enum Op {
-    Append { entry: Append, done: oneshot::Sender<Result<Seq, StoreError>> },
-    Compact { doc: DocName, snapshot: Vec<u8>, done: oneshot::Sender<Result<Seq, StoreError>> },
+    Append {
+        entry: Append,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
+    Compact {
+        doc: DocName,
+        snapshot: Vec<u8>,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
 }
 
 pub struct SqliteStore {
     path: PathBuf,
     tx: Mutex<Option<flume::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropped on close to stop the checkpointer.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Backend(format!("creating data dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("creating data dir {}: {e}", dir.display()))
+        })?;
         let path = dir.join(DB_FILE);
         let conn = open_writer(&path, &options)?;
         let last_seq = last_seq(&conn)?;
         let (tx, rx) = flume::bounded(options.queue);
-        let writer = Writer { conn, options, next_seq: last_seq + 1, doc_ids: HashMap::new() };
+        let writer = Writer {
+            conn,
+            options,
+            next_seq: last_seq + 1,
+            doc_ids: HashMap::new(),
+        };
         let handle = std::thread::Builder::new()
             .name("concord-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        let checkpointer = spawn_checkpointer(&path)?;
         info!(path = %path.display(), last_seq, "store opened");
         Ok(SqliteStore {
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -119,7 +141,7 @@ impl SqliteStore {
 
     /// Runs `f` on a pooled read connection, on the blocking pool.
     async fn read<T: Send + 'static>(
-        self: &Self,
+        &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = match self.readers.lock().unwrap().pop() {
@@ -136,9 +158,15 @@ impl SqliteStore {
         result
     }
 
-    async fn submit(&self, op: impl FnOnce(oneshot::Sender<Result<Seq, StoreError>>) -> Op) -> Result<Commit, StoreError> {
+    async fn submit(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<Seq, StoreError>>) -> Op,
+    ) -> Result<Commit, StoreError> {
         let (done, commit) = oneshot::channel();
-        self.sender()?.send_async(op(done)).await.map_err(|_| StoreError::Closed)?;
+        self.sender()?
+            .send_async(op(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ok(commit)
     }
 }
@@ -156,12 +184,22 @@ impl Store for SqliteStore {
 
     async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
         let doc = doc.clone();
-        self.submit(|done| Op::Compact { doc, snapshot, done }).await
+        self.submit(|done| Op::Compact {
+            doc,
+            snapshot,
+            done,
+        })
+        .await
     }
 
     async fn close(&self) {
         // Dropping the only sender lets the writer drain what is queued, then stop.
         self.tx.lock().unwrap().take();
+        let checkpointer = self.checkpointer.lock().unwrap().take();
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         let handle = self.writer.lock().unwrap().take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -184,6 +222,11 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, Store
     // committed is still safe.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints (copying the WAL into the database file, with fsyncs of their own) would run
+    // inside whichever commit crossed the threshold and stall every update waiting on it; the
+    // checkpointer thread does them instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_RESTART_BYTES as i64)?;
     conn.execute_batch(SCHEMA)?;
     if options.max_db_bytes > 0 {
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -193,15 +236,60 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, Store
     Ok(conn)
 }
 
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
+/// WAL size past which the checkpointer makes the writer start the WAL over (and the file is
+/// truncated back to this size).
+const WAL_RESTART_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Starts the thread that checkpoints the WAL off the commit path. `PASSIVE` checkpoints never
+/// block the writer or readers; they copy what they can and the next one continues. Under
+/// continuous writes the WAL would still never start over, so once it passes
+/// [`WAL_RESTART_BYTES`] a `RESTART` checkpoint (which waits for the writer between two
+/// transactions, mostly with nothing left to copy) rewinds it.
+fn spawn_checkpointer(
+    path: &Path,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("concord-store-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_PERIOD)
+            {
+                let big = std::fs::metadata(&wal)
+                    .map(|m| m.len() > WAL_RESTART_BYTES)
+                    .unwrap_or(false);
+                let mode = if big { "RESTART" } else { "PASSIVE" };
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    warn!("checkpoint failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
+    Ok((stop, handle))
+}
+
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(conn)
 }
 
 fn last_seq(conn: &Connection) -> Result<Seq, StoreError> {
-    let from_meta: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0)).optional()?;
+    let from_meta: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
     let from_meta: Seq = from_meta.and_then(|v| v.parse().ok()).unwrap_or(0);
     let from_log: Option<i64> = conn.query_row("SELECT MAX(seq) FROM log", [], |r| r.get(0))?;
     Ok(from_meta.max(from_log.unwrap_or(0) as Seq))
@@ -212,9 +300,14 @@ fn load_doc(conn: &Connection, doc: &DocName) -> Result<Option<StoredDoc>, Store
         .prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")?
         .query_row([doc.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((id, snapshot, snapshot_seq)) = row else { return Ok(None) };
-    let mut stmt = conn.prepare_cached("SELECT data FROM log WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq")?;
-    let updates = stmt.query_map(params![id, snapshot_seq], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+    let Some((id, snapshot, snapshot_seq)) = row else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT data FROM log WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq")?;
+    let updates = stmt
+        .query_map(params![id, snapshot_seq], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(StoredDoc { snapshot, updates }))
 }
 
@@ -243,7 +336,9 @@ impl Writer {
                 Durability::Async => {
                     let deadline = Instant::now() + self.options.commit_delay;
                     while batch.len() < MAX_BATCH {
-                        let Ok(op) = rx.recv_deadline(deadline) else { break };
+                        let Ok(op) = rx.recv_deadline(deadline) else {
+                            break;
+                        };
                         batch.push(op);
                     }
                 }
@@ -257,9 +352,15 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<Op>) {
         let first_seq = self.next_seq;
+        let started = Instant::now();
         let mut new_docs = Vec::new();
         match self.try_write(&batch, &mut new_docs) {
             Ok(seqs) => {
+                tracing::trace!(
+                    writes = batch.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "committed"
+                );
                 for (op, seq) in batch.into_iter().zip(seqs) {
                     let _ = done_of(op).send(Ok(seq));
                 }
@@ -279,7 +380,11 @@ impl Writer {
     }
 
     /// Writes the batch in one transaction; returns each op's sequence number.
-    fn try_write(&mut self, batch: &[Op], new_docs: &mut Vec<DocName>) -> Result<Vec<Seq>, StoreError> {
+    fn try_write(
+        &mut self,
+        batch: &[Op],
+        new_docs: &mut Vec<DocName>,
+    ) -> Result<Vec<Seq>, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut seqs = Vec::with_capacity(batch.len());
         for op in batch {
@@ -288,8 +393,15 @@ impl Writer {
                     let doc_id = self.doc_id(&entry.doc, new_docs)?;
                     let seq = self.next_seq;
                     self.conn
-                        .prepare_cached("INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)")?
-                        .execute(params![seq as i64, doc_id, entry.path.join(","), entry.update])?;
+                        .prepare_cached(
+                            "INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            seq as i64,
+                            doc_id,
+                            entry.path.join(","),
+                            entry.update
+                        ])?;
                     self.next_seq += 1;
                     seqs.push(seq);
                 }
@@ -299,9 +411,6 @@ impl Writer {
                 }
             }
         }
-        self.conn
-            .prepare_cached("INSERT INTO meta (key, value) VALUES ('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-            .execute([(self.next_seq - 1).to_string()])?;
         self.conn.execute_batch("COMMIT")?;
         Ok(seqs)
     }
@@ -315,11 +424,20 @@ impl Writer {
             .query_row([doc_id], |r| r.get(0))?;
         let covered = covered.unwrap_or(0);
         self.conn
-            .prepare_cached("UPDATE docs SET snapshot = ?2, snapshot_seq = MAX(snapshot_seq, ?3) WHERE id = ?1")?
+            .prepare_cached(
+                "UPDATE docs SET snapshot = ?2, snapshot_seq = MAX(snapshot_seq, ?3) WHERE id = ?1",
+            )?
             .execute(params![doc_id, snapshot, covered])?;
-        let retain_above: Option<i64> =
-            self.conn.prepare_cached("SELECT MIN(acked_seq) FROM peer_cursors")?.query_row([], |r| r.get(0))?;
+        let retain_above: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(acked_seq) FROM peer_cursors")?
+            .query_row([], |r| r.get(0))?;
         let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
+        // Deleting may remove the newest entry of the whole log; remember the highest sequence
+        // handed out so numbering never goes back after a restart.
+        self.conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES ('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute([(self.next_seq - 1).to_string()])?;
         self.conn
             .prepare_cached("DELETE FROM log WHERE doc_id = ?1 AND seq <= ?2")?
             .execute(params![doc_id, delete_upto])?;
@@ -361,7 +479,14 @@ mod tests {
     }
 
     async fn append(store: &SqliteStore, doc: &str, update: Vec<u8>) -> Seq {
-        let commit = store.append(Append { doc: name(doc), update, path: vec![] }).await.unwrap();
+        let commit = store
+            .append(Append {
+                doc: name(doc),
+                update,
+                path: vec![],
+            })
+            .await
+            .unwrap();
         commit.await.unwrap().unwrap()
     }
 
@@ -381,7 +506,13 @@ mod tests {
             let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
             assert_eq!(append(&store, "a", edit(&client, 0, "x")).await, 1);
             assert_eq!(append(&store, "b", edit(&client, 0, "y")).await, 2);
-            let covered = store.compact(&name("b"), vec![0, 0]).await.unwrap().await.unwrap().unwrap();
+            let covered = store
+                .compact(&name("b"), vec![0, 0])
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(covered, 2);
             store.close().await;
         }
@@ -390,7 +521,16 @@ mod tests {
         assert_eq!(append(&store, "a", edit(&client, 0, "z")).await, 3);
         assert!(store.load(&name("never")).await.unwrap().is_none());
         store.close().await;
-        assert!(matches!(store.append(Append { doc: name("a"), update: vec![], path: vec![] }).await, Err(StoreError::Closed)));
+        assert!(matches!(
+            store
+                .append(Append {
+                    doc: name("a"),
+                    update: vec![],
+                    path: vec![]
+                })
+                .await,
+            Err(StoreError::Closed)
+        ));
     }
 
     #[tokio::test]
@@ -403,13 +543,33 @@ mod tests {
         }
         {
             let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            c.execute("INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 3)", []).unwrap();
+            c.execute(
+                "INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 3)",
+                [],
+            )
+            .unwrap();
         }
         let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
-        store.compact(&name("d"), state.full_state()).await.unwrap().await.unwrap().unwrap();
+        store
+            .compact(&name("d"), state.full_state())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let left: Vec<i64> = c.prepare("SELECT seq FROM log ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
-        assert_eq!(left, vec![4, 5], "entries above the slowest peer's cursor stay");
+        let left: Vec<i64> = c
+            .prepare("SELECT seq FROM log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            vec![4, 5],
+            "entries above the slowest peer's cursor stay"
+        );
         // ...but a load reads the snapshot only.
         let stored = store.load(&name("d")).await.unwrap().unwrap();
         assert!(stored.snapshot.is_some() && stored.updates.is_empty());
@@ -419,13 +579,23 @@ mod tests {
     #[tokio::test]
     async fn a_full_store_reports_errors_and_keeps_what_it_had() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = SqliteOptions { max_db_bytes: 256 * 1024, ..SqliteOptions::default() };
+        let opts = SqliteOptions {
+            max_db_bytes: 256 * 1024,
+            ..SqliteOptions::default()
+        };
         let store = SqliteStore::open(dir.path(), opts).unwrap();
         let client = Doc::new();
         let mut ok = 0;
         let mut failed = None;
         for i in 0..1000 {
-            let commit = store.append(Append { doc: name("full"), update: edit(&client, 0, &"x".repeat(4096)), path: vec![] }).await.unwrap();
+            let commit = store
+                .append(Append {
+                    doc: name("full"),
+                    update: edit(&client, 0, &"x".repeat(4096)),
+                    path: vec![],
+                })
+                .await
+                .unwrap();
             match commit.await.unwrap() {
                 Ok(_) => ok += 1,
                 Err(e) => {
@@ -437,7 +607,11 @@ mod tests {
         let (_, e) = failed.expect("writes past the size limit must fail");
         assert!(e.to_string().contains("full"), "{e}");
         let stored = store.load(&name("full")).await.unwrap().unwrap();
-        assert_eq!(stored.updates.len(), ok, "every acknowledged write is still there");
+        assert_eq!(
+            stored.updates.len(),
+            ok,
+            "every acknowledged write is still there"
+        );
         store.close().await;
     }
 
