@@ -9,7 +9,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use yrs::sync::Awareness;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateSummary};
-use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, GetString, IdSet, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::message::IncomingUpdate;
@@ -78,10 +77,10 @@ impl DocState {
     pub fn load<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, ApplyError> {
         let mut state = DocState::new();
         for bytes in parts {
-            let update = crate::message::guarded(|| Update::decode_v1(bytes))
-                .map_err(ApplyError::Decode)?
-                .map_err(|e| ApplyError::Decode(e.to_string()))?;
-            state.apply(update)?;
+            // Same checks as for bytes from the network: stored rows can be damaged too.
+            let update =
+                IncomingUpdate::decode(bytes).map_err(|e| ApplyError::Decode(e.to_string()))?;
+            state.apply(update.decoded)?;
         }
         Ok(state)
     }

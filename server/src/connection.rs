@@ -137,6 +137,9 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
         out: out_tx,
         control: control.clone(),
     };
+    // Held until the writer is done: the writer must end through `control` (which carries the
+    // close code), never because the room or a failed join dropped the last sender first.
+    let _keep_queue_open = client.clone();
     match app.registry.join(&doc, client).await {
         Ok(room) => {
             read_loop(&mut stream, &doc, peer, id, &room.tx, &control).await;
@@ -167,7 +170,7 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
 }
 
 /// How long a closing connection waits for the client's close reply.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 async fn read_loop(
     stream: &mut SplitStream<WebSocket>,

@@ -184,7 +184,7 @@ async fn a_failed_load_creates_no_empty_document_and_leaves_the_data_intact() {
     for _ in 0..3 {
         let c = YClient::connect_raw(&server.ws_url("load/bad")).await;
         let (code, reason) = c.wait_closed().await;
-        assert_eq!(code, 1011);
+        assert_eq!(code, 1011, "{reason}");
         assert!(reason.contains("corrupt"), "{reason}");
     }
     let (status, _) = http_get(&server.http_url("/api/docs/load/bad/update")).await;
@@ -286,15 +286,23 @@ async fn evicting_idle_documents_frees_their_memory() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(docs, 0, "documents were not evicted");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = server.rss_kib();
+    // Freed memory is handed back to the OS at most a second after the evictions.
+    let target = base + (peak - base) / 3;
+    let mut after = server.rss_kib();
+    for _ in 0..50 {
+        if after < target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = server.rss_kib();
+    }
     eprintln!("RSS KiB: base {base}, with 1000 documents {peak}, after eviction {after}");
     assert!(
         peak > base + 20_000,
         "1000 documents of 20 KiB should cost memory (base {base}, peak {peak})"
     );
     assert!(
-        after < base + (peak - base) / 3,
+        after < target,
         "memory did not return: base {base} KiB, peak {peak} KiB, after eviction {after} KiB"
     );
 }
