@@ -7,6 +7,8 @@
 //! - [`encode`]: outgoing frames, one message per frame.
 //! - [`doc`]: [`DocState`], a `yrs::Doc` plus awareness, owned by one server task; it applies
 //!   updates and says whether they brought anything new ([`Applied`]).
+//! - [`replication`]: the envelope nodes exchange over peer links ([`PeerMessage`]), with the
+//!   path of node ids ([`NodeId`]) that prevents replication loops.
 //!
 //! The codecs themselves come from `yrs` (`yrs::sync`, lib0 encoding); this crate adds the
 //! validation, limits and types the server needs around them.
@@ -15,8 +17,10 @@ pub mod doc;
 pub mod encode;
 pub mod message;
 pub mod name;
+pub mod replication;
 
 pub use doc::{Applied, ApplyError, DocState};
 pub use message::{ClientMessage, DecodeError, IncomingUpdate, decode_frame};
 pub use name::{DocName, NameError};
+pub use replication::{NodeId, PeerDecodeError, PeerMessage};
 pub use yrs;

@@ -328,7 +328,7 @@ impl Room {
         update: IncomingUpdate,
         outbox: &mut Outbox,
     ) -> Result<(), StoreError> {
-        let bytes = update.bytes.clone();
+        let bytes = Bytes::from(update.bytes.clone());
         match self.state.apply_update(update) {
             Ok(Applied::Changed) => {}
             Ok(Applied::Unchanged) => return Ok(()),

@@ -18,9 +18,12 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
-use concord_crdt::DocName;
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use concord_crdt::{DocName, NodeId};
+use tokio::sync::{broadcast, oneshot};
 
 /// A node-local log sequence number. 0 means "nothing".
 pub type Seq = u64;
@@ -82,10 +85,27 @@ pub struct LogTail {
 pub struct Append {
     pub doc: DocName,
     /// A Yjs v1 update, exactly as accepted.
-    pub update: Vec<u8>,
+    pub update: Bytes,
     /// Node ids the update passed through before reaching this node, origin first. Empty for an
     /// update from one of this node's own clients. Replication uses it to avoid loops.
-    pub path: Vec<String>,
+    pub path: Vec<NodeId>,
+}
+
+/// A committed log entry, as replication reads it.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: Seq,
+    pub doc: DocName,
+    pub path: Vec<NodeId>,
+    pub update: Bytes,
+}
+
+/// A live view of the log: entries committed from now on, and the last sequence committed
+/// before. Entries up to `committed` are readable with [`Store::read_log`]; later ones arrive on
+/// `entries` (a bounded ring: a reader that falls behind gets `Lagged` and reads the store).
+pub struct LogFeed {
+    pub entries: broadcast::Receiver<Arc<LogEntry>>,
+    pub committed: Seq,
 }
 
 /// Resolves once a queued write is durable (or failed). For an append it carries the sequence
@@ -117,6 +137,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes queued writes and closes the store. Later calls fail with [`StoreError::Closed`].
     async fn close(&self);
+
+    /// Subscribes to committed log entries (see [`LogFeed`]).
+    fn subscribe(&self) -> LogFeed;
+
+    /// The last sequence number committed.
+    fn committed(&self) -> Seq;
+
+    /// Up to `limit` log entries with `seq > after`, in order.
+    async fn read_log(&self, after: Seq, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Up to `limit` stored snapshots of documents whose row id is above `after_id`, with their
+    /// ids: a peer seen for the first time needs them, since compaction removed what they cover
+    /// from the log.
+    async fn read_snapshots(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, DocName, Vec<u8>)>, StoreError>;
+
+    /// The last sequence each known peer acknowledged.
+    async fn peer_cursors(&self) -> Result<HashMap<NodeId, Seq>, StoreError>;
+
+    /// Records that `peer` acknowledged everything up to `seq` (queued like a write; the
+    /// returned commit may be ignored: a lost cursor only means a few entries are sent again).
+    async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -18,16 +18,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use concord_crdt::DocName;
+use bytes::Bytes;
+use concord_crdt::{DocName, NodeId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, error, info, warn};
 
-use super::{Append, Commit, Durability, Seq, Store, StoreError, StoredDoc};
+use super::{Append, Commit, Durability, LogEntry, LogFeed, Seq, Store, StoreError, StoredDoc};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -93,10 +95,31 @@ enum Op {
         snapshot: Vec<u8>,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
+    Cursor {
+        peer: NodeId,
+        seq: Seq,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
+}
+
+/// Entries kept for log readers that follow the feed live; one that falls further behind reads
+/// the database instead.
+const FEED_CAPACITY: usize = 16 * 1024;
+
+/// How often log entries that only replication still needed are garbage-collected.
+const LOG_GC_PERIOD: Duration = Duration::from_secs(10);
+
+/// What the writer shares with readers of the log.
+struct Feed {
+    entries: broadcast::Sender<Arc<LogEntry>>,
+    /// Last committed sequence. Updated before the entries are published, so a subscriber that
+    /// reads it after subscribing misses nothing.
+    committed: AtomicU64,
 }
 
 pub struct SqliteStore {
     path: PathBuf,
+    feed: Arc<Feed>,
     tx: Mutex<Option<flume::Sender<Op>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropped on close to stop the checkpointer.
@@ -114,11 +137,17 @@ impl SqliteStore {
         let conn = open_writer(&path, &options)?;
         let last_seq = last_seq(&conn)?;
         let (tx, rx) = flume::bounded(options.queue);
+        let feed = Arc::new(Feed {
+            entries: broadcast::channel(FEED_CAPACITY).0,
+            committed: AtomicU64::new(last_seq),
+        });
         let writer = Writer {
             conn,
             options,
             next_seq: last_seq + 1,
             doc_ids: HashMap::new(),
+            feed: feed.clone(),
+            last_gc: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("concord-store-writer".into())
@@ -128,6 +157,7 @@ impl SqliteStore {
         info!(path = %path.display(), last_seq, "store opened");
         Ok(SqliteStore {
             path,
+            feed,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -206,6 +236,90 @@ impl Store for SqliteStore {
             info!("store closed");
         }
     }
+
+    fn subscribe(&self) -> LogFeed {
+        let entries = self.feed.entries.subscribe();
+        LogFeed {
+            entries,
+            committed: self.feed.committed.load(Ordering::Acquire),
+        }
+    }
+
+    fn committed(&self) -> Seq {
+        self.feed.committed.load(Ordering::Acquire)
+    }
+
+    async fn read_log(&self, after: Seq, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT log.seq, docs.name, log.path, log.data FROM log JOIN docs ON docs.id = log.doc_id
+                 WHERE log.seq > ?1 ORDER BY log.seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
+            })?;
+            rows.map(|row| {
+                let (seq, name, path, data) = row?;
+                let corrupt = |reason: String| StoreError::Corrupt { doc: name.clone(), reason };
+                let doc = DocName::parse(&name).map_err(|e| corrupt(e.to_string()))?;
+                let path = parse_path(&path).map_err(corrupt)?;
+                Ok(LogEntry { seq: seq as Seq, doc, path, update: Bytes::from(data) })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn read_snapshots(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, DocName, Vec<u8>)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, snapshot FROM docs WHERE id > ?1 AND snapshot IS NOT NULL ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_id, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })?;
+            rows.map(|row| {
+                let (id, name, snapshot) = row?;
+                let doc = DocName::parse(&name).map_err(|e| StoreError::Corrupt { doc: name.clone(), reason: e.to_string() })?;
+                Ok((id, doc, snapshot))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn peer_cursors(&self) -> Result<HashMap<NodeId, Seq>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT node_id, acked_seq FROM peer_cursors")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (id, seq) = row?;
+                if let Ok(id) = NodeId::parse(&id) {
+                    out.insert(id, seq as Seq);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
+        let peer = peer.clone();
+        self.submit(|done| Op::Cursor { peer, seq, done }).await
+    }
+}
+
+/// Paths are stored as comma-separated node ids (node ids cannot contain commas).
+fn parse_path(s: &str) -> Result<Vec<NodeId>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',').map(NodeId::parse).collect()
 }
 
 fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
@@ -318,6 +432,8 @@ struct Writer {
     next_seq: Seq,
     /// Document name → row id, for documents this process has written.
     doc_ids: HashMap<DocName, i64>,
+    feed: Arc<Feed>,
+    last_gc: Instant,
 }
 
 impl Writer {
@@ -361,8 +477,23 @@ impl Writer {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "committed"
                 );
+                self.feed.committed.store(self.next_seq - 1, Ordering::Release);
                 for (op, seq) in batch.into_iter().zip(seqs) {
-                    let _ = done_of(op).send(Ok(seq));
+                    match op {
+                        Op::Append { entry, done } => {
+                            let _ = done.send(Ok(seq));
+                            // Nobody listening is fine: replication reads the log when it starts.
+                            let _ = self.feed.entries.send(Arc::new(LogEntry {
+                                seq,
+                                doc: entry.doc,
+                                path: entry.path,
+                                update: entry.update,
+                            }));
+                        }
+                        other => {
+                            let _ = done_of(other).send(Ok(seq));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -392,16 +523,17 @@ impl Writer {
                 Op::Append { entry, .. } => {
                     let doc_id = self.doc_id(&entry.doc, new_docs)?;
                     let seq = self.next_seq;
+                    let path = entry
+                        .path
+                        .iter()
+                        .map(NodeId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",");
                     self.conn
                         .prepare_cached(
                             "INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)",
                         )?
-                        .execute(params![
-                            seq as i64,
-                            doc_id,
-                            entry.path.join(","),
-                            entry.update
-                        ])?;
+                        .execute(params![seq as i64, doc_id, path, entry.update.as_ref()])?;
                     self.next_seq += 1;
                     seqs.push(seq);
                 }
@@ -409,7 +541,22 @@ impl Writer {
                     let doc_id = self.doc_id(doc, new_docs)?;
                     seqs.push(self.compact(doc_id, snapshot)?);
                 }
+                Op::Cursor { peer, seq, .. } => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO peer_cursors (node_id, acked_seq) VALUES (?1, ?2)
+                             ON CONFLICT(node_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                        )?
+                        .execute(params![peer.as_str(), *seq as i64])?;
+                    seqs.push(*seq);
+                }
             }
+        }
+        if self.last_gc.elapsed() >= LOG_GC_PERIOD
+            && batch.iter().any(|op| matches!(op, Op::Cursor { .. }))
+        {
+            self.last_gc = Instant::now();
+            self.collect_replicated()?;
         }
         self.conn.execute_batch("COMMIT")?;
         Ok(seqs)
@@ -444,6 +591,28 @@ impl Writer {
         Ok(covered as Seq)
     }
 
+    /// Deletes log entries that only replication still kept (already covered by their document's
+    /// snapshot) once every known peer has acknowledged them.
+    fn collect_replicated(&mut self) -> Result<(), StoreError> {
+        let min_acked: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(acked_seq) FROM peer_cursors", [], |r| r.get(0))?;
+        let Some(min_acked) = min_acked else {
+            return Ok(());
+        };
+        let n = self.conn.execute(
+            "DELETE FROM log WHERE seq <= ?1 AND seq <= (SELECT snapshot_seq FROM docs WHERE docs.id = log.doc_id)",
+            [min_acked],
+        )?;
+        if n > 0 {
+            debug!(
+                deleted = n,
+                "collected log entries every peer has acknowledged"
+            );
+        }
+        Ok(())
+    }
+
     fn doc_id(&mut self, name: &DocName, new_docs: &mut Vec<DocName>) -> Result<i64, StoreError> {
         if let Some(id) = self.doc_ids.get(name) {
             return Ok(*id);
@@ -463,7 +632,7 @@ impl Writer {
 
 fn done_of(op: Op) -> oneshot::Sender<Result<Seq, StoreError>> {
     match op {
-        Op::Append { done, .. } | Op::Compact { done, .. } => done,
+        Op::Append { done, .. } | Op::Compact { done, .. } | Op::Cursor { done, .. } => done,
     }
 }
 
@@ -482,7 +651,7 @@ mod tests {
         let commit = store
             .append(Append {
                 doc: name(doc),
-                update,
+                update: update.into(),
                 path: vec![],
             })
             .await
@@ -525,7 +694,7 @@ mod tests {
             store
                 .append(Append {
                     doc: name("a"),
-                    update: vec![],
+                    update: Bytes::new(),
                     path: vec![]
                 })
                 .await,
@@ -591,7 +760,7 @@ mod tests {
             let commit = store
                 .append(Append {
                     doc: name("full"),
-                    update: edit(&client, 0, &"x".repeat(4096)),
+                    update: edit(&client, 0, &"x".repeat(4096)).into(),
                     path: vec![],
                 })
                 .await

@@ -1,0 +1,385 @@
+//! The replication envelope: what Concord nodes in different regions send each other over a peer
+//! link. One binary WebSocket message carries one [`PeerMessage`], encoded with lib0 varints like
+//! the client protocol (`varUint(tag) • fields`).
+//!
+//! A link starts with a mutual challenge/response ([`Challenge`](PeerMessage::Challenge),
+//! [`Hello`](PeerMessage::Hello), [`Welcome`](PeerMessage::Welcome)); the MACs are computed by
+//! the server, this module only carries them. Then each side streams its update log
+//! ([`Update`](PeerMessage::Update), acknowledged by [`Ack`](PeerMessage::Ack)), and live
+//! documents repair gaps with a state-vector exchange ([`SyncStep1`](PeerMessage::SyncStep1) /
+//! [`SyncStep2`](PeerMessage::SyncStep2)).
+//!
+//! **Loop prevention** rests on `path`: the ids of the nodes an update passed through, origin
+//! first. A node never sends an update to a node on its path and drops one whose path holds its
+//! own id; [`NodeId`] keeps those ids short and printable.
+
+use std::fmt;
+use std::sync::Arc;
+
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
+
+use crate::name::DocName;
+
+/// Longest node id, in bytes.
+pub const MAX_NODE_ID: usize = 64;
+/// Longest path an update may carry (a bigger topology would be unusual; a longer path is a bug
+/// or an attack).
+pub const MAX_PATH: usize = 64;
+
+/// A node's identity: 1 to 64 characters from `[A-Za-z0-9._-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_NODE_ID {
+            return Err(format!(
+                "node id must be 1 to {MAX_NODE_ID} characters, got {}",
+                s.len()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "node id may only hold letters, digits, '.', '_' and '-', not {c:?}"
+            ));
+        }
+        Ok(NodeId(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// One message on a peer link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// Accepting side, first message: who it is and a fresh nonce the dialer must sign.
+    Challenge {
+        node_id: NodeId,
+        region: String,
+        nonce: Vec<u8>,
+    },
+    /// Dialing side: who it is, its own nonce, and its MAC over both nonces and both ids.
+    Hello {
+        node_id: NodeId,
+        region: String,
+        url: String,
+        nonce: Vec<u8>,
+        mac: Vec<u8>,
+    },
+    /// Accepting side: its MAC, proving it knows the secret too. The link is up.
+    Welcome { mac: Vec<u8> },
+    /// One entry of the sender's update log. `seq` is the sender's sequence number, acknowledged
+    /// by the receiver once the update is durable there (or known to bring nothing new).
+    Update {
+        seq: u64,
+        doc: DocName,
+        path: Vec<NodeId>,
+        update: Vec<u8>,
+    },
+    /// The sender skipped log entries up to `seq` (they had the receiver on their path); ack it.
+    Progress { seq: u64 },
+    /// Everything up to `seq` of the receiver's log is durable at the sender of this message.
+    Ack { seq: u64 },
+    /// The sender has `doc` live with this state vector (v1); the receiver answers with what the
+    /// sender lacks if it has the document live too.
+    SyncStep1 { doc: DocName, sv: Vec<u8> },
+    /// The answer to a [`PeerMessage::SyncStep1`]: a v1 update.
+    SyncStep2 { doc: DocName, update: Vec<u8> },
+    /// Presence of `doc`, relayed like updates but never stored.
+    Awareness {
+        doc: DocName,
+        path: Vec<NodeId>,
+        update: Vec<u8>,
+    },
+}
+
+const T_CHALLENGE: u64 = 0;
+const T_HELLO: u64 = 1;
+const T_WELCOME: u64 = 2;
+const T_UPDATE: u64 = 3;
+const T_PROGRESS: u64 = 4;
+const T_ACK: u64 = 5;
+const T_STEP1: u64 = 6;
+const T_STEP2: u64 = 7;
+const T_AWARENESS: u64 = 8;
+
+/// Why a peer message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerDecodeError {
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+    #[error("unknown peer message type {0}")]
+    UnknownType(u64),
+    #[error("invalid document name: {0}")]
+    DocName(String),
+    #[error("invalid node id: {0}")]
+    NodeId(String),
+    #[error("path of {0} nodes exceeds {MAX_PATH}")]
+    PathTooLong(u64),
+    #[error("trailing bytes after the message")]
+    Trailing,
+}
+
+impl PeerMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            PeerMessage::Challenge {
+                node_id,
+                region,
+                nonce,
+            } => {
+                out.write_var(T_CHALLENGE);
+                out.write_string(node_id.as_str());
+                out.write_string(region);
+                out.write_buf(nonce);
+            }
+            PeerMessage::Hello {
+                node_id,
+                region,
+                url,
+                nonce,
+                mac,
+            } => {
+                out.write_var(T_HELLO);
+                out.write_string(node_id.as_str());
+                out.write_string(region);
+                out.write_string(url);
+                out.write_buf(nonce);
+                out.write_buf(mac);
+            }
+            PeerMessage::Welcome { mac } => {
+                out.write_var(T_WELCOME);
+                out.write_buf(mac);
+            }
+            PeerMessage::Update {
+                seq,
+                doc,
+                path,
+                update,
+            } => {
+                out.reserve(update.len() + doc.as_str().len() + 32);
+                out.write_var(T_UPDATE);
+                out.write_var(*seq);
+                out.write_string(doc.as_str());
+                write_path(&mut out, path);
+                out.write_buf(update);
+            }
+            PeerMessage::Progress { seq } => {
+                out.write_var(T_PROGRESS);
+                out.write_var(*seq);
+            }
+            PeerMessage::Ack { seq } => {
+                out.write_var(T_ACK);
+                out.write_var(*seq);
+            }
+            PeerMessage::SyncStep1 { doc, sv } => {
+                out.write_var(T_STEP1);
+                out.write_string(doc.as_str());
+                out.write_buf(sv);
+            }
+            PeerMessage::SyncStep2 { doc, update } => {
+                out.write_var(T_STEP2);
+                out.write_string(doc.as_str());
+                out.write_buf(update);
+            }
+            PeerMessage::Awareness { doc, path, update } => {
+                out.write_var(T_AWARENESS);
+                out.write_string(doc.as_str());
+                write_path(&mut out, path);
+                out.write_buf(update);
+            }
+        }
+        out
+    }
+
+    /// Decodes one message; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PeerDecodeError> {
+        let mut cur = Cursor::new(bytes);
+        let m = |e: yrs::encoding::read::Error| PeerDecodeError::Malformed(e.to_string());
+        let tag: u64 = cur.read_var().map_err(m)?;
+        let msg = match tag {
+            T_CHALLENGE => PeerMessage::Challenge {
+                node_id: node_id(&mut cur)?,
+                region: cur.read_string().map_err(m)?.to_string(),
+                nonce: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_HELLO => PeerMessage::Hello {
+                node_id: node_id(&mut cur)?,
+                region: cur.read_string().map_err(m)?.to_string(),
+                url: cur.read_string().map_err(m)?.to_string(),
+                nonce: cur.read_buf().map_err(m)?.to_vec(),
+                mac: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_WELCOME => PeerMessage::Welcome {
+                mac: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_UPDATE => PeerMessage::Update {
+                seq: cur.read_var().map_err(m)?,
+                doc: doc_name(&mut cur)?,
+                path: read_path(&mut cur)?,
+                update: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_PROGRESS => PeerMessage::Progress {
+                seq: cur.read_var().map_err(m)?,
+            },
+            T_ACK => PeerMessage::Ack {
+                seq: cur.read_var().map_err(m)?,
+            },
+            T_STEP1 => PeerMessage::SyncStep1 {
+                doc: doc_name(&mut cur)?,
+                sv: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_STEP2 => PeerMessage::SyncStep2 {
+                doc: doc_name(&mut cur)?,
+                update: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            T_AWARENESS => PeerMessage::Awareness {
+                doc: doc_name(&mut cur)?,
+                path: read_path(&mut cur)?,
+                update: cur.read_buf().map_err(m)?.to_vec(),
+            },
+            other => return Err(PeerDecodeError::UnknownType(other)),
+        };
+        if cur.has_content() {
+            return Err(PeerDecodeError::Trailing);
+        }
+        Ok(msg)
+    }
+}
+
+fn write_path(out: &mut Vec<u8>, path: &[NodeId]) {
+    out.write_var(path.len() as u64);
+    for id in path {
+        out.write_string(id.as_str());
+    }
+}
+
+fn read_path(cur: &mut Cursor<'_>) -> Result<Vec<NodeId>, PeerDecodeError> {
+    let n: u64 = cur
+        .read_var()
+        .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    if n > MAX_PATH as u64 {
+        return Err(PeerDecodeError::PathTooLong(n));
+    }
+    (0..n).map(|_| node_id(cur)).collect()
+}
+
+fn node_id(cur: &mut Cursor<'_>) -> Result<NodeId, PeerDecodeError> {
+    let s = cur
+        .read_string()
+        .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    NodeId::parse(s).map_err(PeerDecodeError::NodeId)
+}
+
+fn doc_name(cur: &mut Cursor<'_>) -> Result<DocName, PeerDecodeError> {
+    let s = cur
+        .read_string()
+        .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    DocName::parse(s).map_err(|e| PeerDecodeError::DocName(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let doc = DocName::parse("team/notes").unwrap();
+        let msgs = vec![
+            PeerMessage::Challenge {
+                node_id: id("a"),
+                region: "eu".into(),
+                nonce: vec![1; 32],
+            },
+            PeerMessage::Hello {
+                node_id: id("b-2"),
+                region: "us".into(),
+                url: "http://x".into(),
+                nonce: vec![2; 32],
+                mac: vec![3; 32],
+            },
+            PeerMessage::Welcome { mac: vec![4; 32] },
+            PeerMessage::Update {
+                seq: 1 << 40,
+                doc: doc.clone(),
+                path: vec![id("a"), id("b")],
+                update: vec![0, 0],
+            },
+            PeerMessage::Progress { seq: 7 },
+            PeerMessage::Ack { seq: 9 },
+            PeerMessage::SyncStep1 {
+                doc: doc.clone(),
+                sv: vec![0],
+            },
+            PeerMessage::SyncStep2 {
+                doc: doc.clone(),
+                update: vec![0, 0],
+            },
+            PeerMessage::Awareness {
+                doc,
+                path: vec![id("c")],
+                update: vec![1, 0],
+            },
+        ];
+        for m in msgs {
+            assert_eq!(PeerMessage::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn node_ids_are_short_and_printable() {
+        assert!(NodeId::parse("eu-west.1_a").is_ok());
+        assert!(NodeId::parse("").is_err());
+        assert!(NodeId::parse("a,b").is_err());
+        assert!(NodeId::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn bad_fields_are_typed_errors() {
+        let mut m = PeerMessage::Ack { seq: 1 }.encode();
+        m.push(0);
+        assert_eq!(PeerMessage::decode(&m), Err(PeerDecodeError::Trailing));
+        assert_eq!(
+            PeerMessage::decode(&[42]),
+            Err(PeerDecodeError::UnknownType(42))
+        );
+        // an update whose path claims 1000 nodes
+        let mut m = vec![T_UPDATE as u8, 1, 1, b'd'];
+        m.extend([0xe8, 0x07]);
+        assert_eq!(
+            PeerMessage::decode(&m),
+            Err(PeerDecodeError::PathTooLong(1000))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = PeerMessage::decode(&bytes);
+        }
+    }
+}
