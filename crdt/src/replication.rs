@@ -70,10 +70,12 @@ impl fmt::Debug for NodeId {
 /// One message on a peer link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
-    /// Accepting side, first message: who it is and a fresh nonce the dialer must sign.
+    /// Accepting side, first message: who it is (id, region, public URL) and a fresh nonce the
+    /// dialer must sign.
     Challenge {
         node_id: NodeId,
         region: String,
+        url: String,
         nonce: Vec<u8>,
     },
     /// Dialing side: who it is, its own nonce, and its MAC over both nonces and both ids.
@@ -145,11 +147,13 @@ impl PeerMessage {
             PeerMessage::Challenge {
                 node_id,
                 region,
+                url,
                 nonce,
             } => {
                 out.write_var(T_CHALLENGE);
                 out.write_string(node_id.as_str());
                 out.write_string(region);
+                out.write_string(url);
                 out.write_buf(nonce);
             }
             PeerMessage::Hello {
@@ -220,6 +224,7 @@ impl PeerMessage {
             T_CHALLENGE => PeerMessage::Challenge {
                 node_id: node_id(&mut cur)?,
                 region: cur.read_string().map_err(m)?.to_string(),
+                url: cur.read_string().map_err(m)?.to_string(),
                 nonce: cur.read_buf().map_err(m)?.to_vec(),
             },
             T_HELLO => PeerMessage::Hello {
@@ -313,6 +318,7 @@ mod tests {
             PeerMessage::Challenge {
                 node_id: id("a"),
                 region: "eu".into(),
+                url: "http://a".into(),
                 nonce: vec![1; 32],
             },
             PeerMessage::Hello {

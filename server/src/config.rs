@@ -91,6 +91,30 @@ pub struct ServeArgs {
     /// fail like on a full disk: the affected connections are closed with 1011, nothing is lost.
     #[arg(long, env = "CONCORD_MAX_DB_SIZE", default_value_t = 0)]
     pub max_db_size: u64,
+
+    /// Name of this node's region, shown in status and to peers.
+    #[arg(long, env = "CONCORD_REGION", default_value = "local")]
+    pub region: String,
+
+    /// This node's id (letters, digits, '.', '_', '-'). Default: generated on first start and
+    /// kept in the data dir (`node-id`). Peers key their replication cursors by it.
+    #[arg(long, env = "CONCORD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Base URLs of peer nodes to replicate with, comma-separated (`http://10.0.0.2:8080`).
+    /// The peer graph is the topology: every node listing every other is a mesh, spokes listing
+    /// a hub is a star, each node listing its successor is a ring.
+    #[arg(long, env = "CONCORD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Shared secret that peer links prove with a challenge/response (HMAC-SHA256); it is never
+    /// sent. Required with --peers; without it this node also refuses incoming peer links.
+    #[arg(long, env = "CONCORD_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+
+    /// The URL clients and peers reach this node at, shown in status (default: http://LISTEN).
+    #[arg(long, env = "CONCORD_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl ServeArgs {

@@ -6,9 +6,9 @@
 //! socket) records a close code and cancels the token; the writer sends that close frame.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
@@ -16,10 +16,10 @@ use concord_crdt::{DocName, decode_frame, encode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::App;
+use crate::control::Control;
 use crate::registry::JoinError;
 use crate::room::RoomMsg;
 
@@ -29,60 +29,6 @@ pub type ConnId = u64;
 /// Close code for a client whose send queue filled up: "try again later". It reconnects and
 /// resyncs, which costs it one Step2 and costs the room nothing.
 pub const CLOSE_TOO_SLOW: u16 = close_code::AGAIN;
-
-/// Shared between a connection's reader, its writer and the room.
-pub struct Control {
-    /// Cancelled when the connection must end, for whatever reason.
-    token: CancellationToken,
-    /// The close frame to send; the first reason recorded wins.
-    reason: OnceLock<(u16, String)>,
-    /// Milliseconds (since `epoch`) of the last frame received, to detect dead sockets.
-    last_seen: AtomicU64,
-    epoch: Instant,
-}
-
-impl Control {
-    fn new(token: CancellationToken) -> Self {
-        Control {
-            token,
-            reason: OnceLock::new(),
-            last_seen: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// Ends the connection with `code` (unless another reason was already recorded).
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
-        let _ = self.reason.set((code, fit_close_reason(reason.into())));
-        self.token.cancel();
-    }
-
-    fn seen(&self) {
-        self.last_seen
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn silent_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_seen.load(Ordering::Relaxed)))
-    }
-}
-
-/// A close frame is a control frame: at most 125 bytes, 2 of them the code. Longer reasons are
-/// cut at a character boundary (clients refuse the whole frame otherwise). Logs keep the full text.
-const MAX_CLOSE_REASON: usize = 123;
-
-fn fit_close_reason(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON - 3;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        reason.push_str("...");
-    }
-    reason
-}
 
 /// What the room holds for each member: where to send, and how to end it.
 #[derive(Clone)]
@@ -157,7 +103,7 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
             control.close(close_code::AWAY, "server is shutting down");
         }
     }
-    control.token.cancel();
+    control.token().cancel();
     let _ = writer.await;
     // The close frame is out. Read until the client answers it, so the socket is not torn down
     // with unread data (the kernel would then reset it and the client would lose the close code).
@@ -182,7 +128,7 @@ async fn read_loop(
 ) {
     loop {
         let msg = tokio::select! {
-            _ = control.token.cancelled() => return,
+            _ = control.token().cancelled() => return,
             msg = stream.next() => msg,
         };
         control.seen();
@@ -251,8 +197,8 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
-            _ = control.token.cancelled() => {
-                let (code, reason) = control.reason.get().cloned()
+            _ = control.token().cancelled() => {
+                let (code, reason) = control.reason()
                     .unwrap_or((close_code::AWAY, "server is shutting down".into()));
                 let frame = CloseFrame { code, reason: reason.into() };
                 // A dead or slow peer may never take the close frame; do not wait on it long.
@@ -269,7 +215,7 @@ async fn write_loop(
                     n += 1;
                 }
                 if !ok || sink.flush().await.is_err() {
-                    control.token.cancel();
+                    control.token().cancel();
                     return;
                 }
                 sent_data = true;
@@ -277,38 +223,22 @@ async fn write_loop(
             _ = tick.tick() => {
                 ticks += 1;
                 if !sent_data && sink.send(Message::Binary(Bytes::from_static(&encode::KEEPALIVE))).await.is_err() {
-                    control.token.cancel();
+                    control.token().cancel();
                     return;
                 }
                 sent_data = false;
                 if ticks.is_multiple_of(2) {
                     if control.silent_for() > ping_interval * 2 {
                         info!("no answer for {:?}; closing dead connection", control.silent_for());
-                        control.token.cancel();
+                        control.token().cancel();
                         return;
                     }
                     if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        control.token.cancel();
+                        control.token().cancel();
                         return;
                     }
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit_a_control_frame() {
-        assert_eq!(fit_close_reason("short".into()), "short");
-        let long = fit_close_reason("é".repeat(100));
-        assert!(
-            long.len() <= MAX_CLOSE_REASON && long.ends_with("..."),
-            "{}",
-            long.len()
-        );
     }
 }

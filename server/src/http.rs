@@ -20,8 +20,9 @@ use concord_crdt::{DocName, DocState};
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::replication::socket::bridge;
 use crate::room::{ReadKind, RoomMsg};
-use crate::{App, connection};
+use crate::{App, connection, replication};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -30,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/status", get(status))
         .route("/api/docs/{*rest}", get(doc_read))
         .route("/ws/{*doc}", get(websocket))
+        .route("/peer", get(peer))
         .with_state(app)
 }
 
@@ -37,12 +39,35 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Node status as JSON: live documents and connections (replication adds its peers here).
+/// Node status as JSON: identity, live documents and connections, and every peer with its link
+/// state, last contact, acknowledged sequence and backlog.
 async fn status(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "documents": app.registry.live(),
-        "connections": app.connections.load(std::sync::atomic::Ordering::Relaxed),
-    }))
+    let mut status = app.replication.status();
+    status["documents"] = app.registry.live().into();
+    status["connections"] = app
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .into();
+    axum::Json(status)
+}
+
+/// Largest message on a peer link: a state-vector answer can carry a whole document.
+const PEER_MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// A peer node's link. Authentication happens over the socket (challenge/response), so the
+/// upgrade itself is open; an unauthenticated socket is closed with 1008.
+async fn peer(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let hub = app.replication.clone();
+    ws.max_message_size(PEER_MAX_MESSAGE)
+        .max_frame_size(PEER_MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let sock = bridge(socket, hub.shutdown.child_token());
+            replication::link::accept(hub, sock, remote)
+        })
 }
 
 /// The read API. `{rest}` is `{doc}/update` or `{doc}/text/{name}`; the document name may hold

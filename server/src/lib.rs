@@ -8,7 +8,10 @@
 //! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
 //! - [`room`]: the actor that owns one document: applies updates, stores them, broadcasts once
 //!   they are durable, tracks presence.
+//! - [`delay_proxy`]: a latency-adding, cuttable TCP proxy simulating inter-region links.
 //! - [`memory`]: returns freed memory to the OS after evictions.
+//! - [`replication`]: peer links to other regions: authentication, log streaming with
+//!   acknowledged cursors, loop prevention, gap repair.
 //! - [`store`]: the `Store` trait and its embedded SQLite backend (update log, snapshots).
 //! - [`App`] ties them together; [`serve`] runs until shutdown.
 //!
@@ -17,9 +20,13 @@
 
 pub mod config;
 pub mod connection;
+pub mod control;
+pub mod delay_proxy;
 pub mod http;
 pub mod memory;
+pub mod node_id;
 pub mod registry;
+pub mod replication;
 pub mod room;
 pub mod store;
 
@@ -37,6 +44,8 @@ use tracing::{info, warn};
 
 use crate::config::ServeArgs;
 use crate::registry::Registry;
+use crate::replication::Replication;
+use crate::replication::auth::Identity;
 use crate::store::SharedStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -44,6 +53,7 @@ use crate::store::sqlite::{SqliteOptions, SqliteStore};
 pub struct App {
     pub config: ServeArgs,
     pub registry: Arc<Registry>,
+    pub replication: Arc<Replication>,
     /// Cancelled on SIGINT/SIGTERM: stops accepting and closes every connection with 1001.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, so shutdown waits for their close frames to go out.
@@ -71,6 +81,11 @@ pub async fn serve_on(
     config: ServeArgs,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if !config.peers.is_empty() && config.peer_secret.is_none() {
+        anyhow::bail!("--peers needs --peer-secret: peer links must authenticate");
+    }
+    let addr = listener.local_addr()?;
+    let node_id = node_id::load_or_create(&config.data_dir, config.node_id.as_deref())?;
     let shutdown = CancellationToken::new();
     let store: SharedStore = Arc::new(SqliteStore::open(
         &config.data_dir,
@@ -82,17 +97,34 @@ pub async fn serve_on(
         },
     )?);
     let registry = Registry::new(config.clone(), store.clone(), shutdown.child_token());
+    let me = Identity {
+        node_id,
+        region: config.region.clone(),
+        url: config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+    };
+    let replication = Replication::new(
+        me,
+        config.peer_secret.clone(),
+        config.peers.clone(),
+        store.clone(),
+        shutdown.child_token(),
+    );
+    registry.set_replication(replication.clone());
+    replication.start(&registry);
     let app = Arc::new(App {
         config,
         registry: registry.clone(),
+        replication,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
         connections: AtomicUsize::new(0),
     });
     tokio::spawn(memory::trim_task(shutdown.clone()));
-    let addr = listener.local_addr()?;
-    info!(%addr, "listening");
+    info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
 
     let trigger = shutdown.clone();
     tokio::spawn(async move {

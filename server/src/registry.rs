@@ -5,8 +5,8 @@
 //! removes itself when it is evicted or fails to load; the generation number makes sure it only
 //! removes itself, never a successor started in the meantime.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use concord_crdt::DocName;
 use dashmap::DashMap;
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeArgs;
 use crate::connection::ClientHandle;
+use crate::replication::Replication;
 use crate::room::{Room, RoomMsg};
 use crate::store::SharedStore;
 
@@ -42,6 +43,8 @@ pub struct Registry {
     next_generation: AtomicU64,
     pub config: ServeArgs,
     pub store: SharedStore,
+    /// Peer links, once replication is started (rooms announce themselves and relay presence).
+    replication: OnceLock<Arc<Replication>>,
     /// Cancelled when the server stops; rooms flush and exit.
     pub shutdown: CancellationToken,
     /// Tracks room tasks so shutdown can wait for them to finish writing.
@@ -58,6 +61,7 @@ impl Registry {
             next_generation: AtomicU64::new(1),
             config,
             store,
+            replication: OnceLock::new(),
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -125,6 +129,14 @@ impl Registry {
         self.docs
             .remove_if(name, |_, h| h.generation == generation)
             .is_some()
+    }
+
+    pub fn set_replication(&self, hub: Arc<Replication>) {
+        let _ = self.replication.set(hub);
+    }
+
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.get()
     }
 
     /// The live room of `name`, if any (does not start one).

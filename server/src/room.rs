@@ -17,13 +17,19 @@ use std::sync::Arc;
 use axum::extract::ws::close_code;
 use bytes::Bytes;
 use concord_crdt::yrs::ClientID;
-use concord_crdt::{Applied, ClientMessage, DocName, DocState, IncomingUpdate, encode};
+use concord_crdt::yrs::StateVector;
+use concord_crdt::yrs::sync::awareness::AwarenessUpdate;
+use concord_crdt::yrs::updates::encoder::Encode;
+use concord_crdt::{
+    Applied, ClientMessage, DocName, DocState, IncomingUpdate, NodeId, PeerMessage, encode,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::connection::{CLOSE_TOO_SLOW, ClientHandle, ConnId, SendError};
 use crate::registry::{JoinError, Registry};
+use crate::replication::LinkHandle;
 use crate::store::{Append, Commit, Durability, LogTail, Seq, StoreError};
 
 /// Messages a room accepts.
@@ -39,6 +45,20 @@ pub enum RoomMsg {
     Frame {
         id: ConnId,
         msgs: Vec<ClientMessage>,
+    },
+    /// An update from a peer region. `done` resolves once it is durable here (or brought
+    /// nothing new), which is when the link acknowledges it.
+    Replicated {
+        update: IncomingUpdate,
+        path: Vec<NodeId>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// A peer's state vector for this document: answer with what it lacks.
+    PeerSync { link: LinkHandle, sv: StateVector },
+    /// Presence relayed from a peer region.
+    PeerAwareness {
+        path: Vec<NodeId>,
+        update: AwarenessUpdate,
     },
     /// A read for the HTTP API, answered with committed state only.
     Read {
@@ -66,6 +86,10 @@ struct Member {
 enum Effect {
     Broadcast(Bytes),
     Send(ConnId, Bytes),
+    /// Tell a peer link an update is durable (so it may acknowledge it).
+    Done(oneshot::Sender<()>),
+    /// Answer a peer's state vector.
+    Peer(LinkHandle, PeerMessage),
     Reply(oneshot::Sender<Option<Vec<u8>>>, Option<Vec<u8>>),
 }
 
@@ -107,6 +131,18 @@ impl Outbox {
     }
 }
 
+/// Where an update came from.
+enum Source {
+    Client(ConnId),
+    Peer {
+        path: Vec<NodeId>,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// How often, at most, a room with updates waiting for missing dependencies asks its peers.
+const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a room stopped serving.
 enum Stop {
     Evicted,
@@ -124,6 +160,8 @@ pub struct Room {
     exists: bool,
     /// Log written since the last snapshot, to decide when to compact.
     tail: LogTail,
+    /// When peers were last asked to fill a gap.
+    last_repair: Option<Instant>,
 }
 
 impl Room {
@@ -155,6 +193,10 @@ impl Room {
                 return;
             }
         };
+        if let Some(hub) = registry.replication() {
+            // Peers that have this document live too answer with whatever we lack.
+            hub.offer_sync(&name, &state.state_vector());
+        }
         let mut room = Room {
             name,
             generation,
@@ -163,6 +205,7 @@ impl Room {
             state,
             exists,
             tail,
+            last_repair: None,
         };
         let mut outbox = Outbox::default();
         let stop = room.serve(&mut rx, &mut outbox).await;
@@ -214,10 +257,14 @@ impl Room {
                 } else {
                     self.registry.remove_if_current(&self.name, self.generation);
                 }
-                // Messages already queued lose their room: dropping a join's reply makes that
-                // connection retry on a fresh room, which loads what was just committed.
+                // Messages that arrived after the decision go to a fresh room, which loads what
+                // was just committed. (On shutdown they are dropped: the server is stopping.)
                 rx.close();
-                while rx.recv().await.is_some() {}
+                while let Some(msg) = rx.recv().await {
+                    if matches!(stop, Stop::Evicted) {
+                        let _ = self.registry.room(&self.name).tx.send(msg).await;
+                    }
+                }
             }
             Stop::StoreFailed(e) => self.fail_store(e, rx).await,
         }
@@ -265,6 +312,18 @@ impl Room {
                     self.handle_client_message(id, msg, outbox).await?;
                 }
             }
+            RoomMsg::Replicated { update, path, done } => {
+                self.accept_update(Source::Peer { path, done }, update, outbox)
+                    .await?;
+            }
+            RoomMsg::PeerSync { link, sv } => {
+                let msg = PeerMessage::SyncStep2 {
+                    doc: self.name.clone(),
+                    update: self.state.diff(&sv),
+                };
+                self.effect(outbox, Effect::Peer(link, msg));
+            }
+            RoomMsg::PeerAwareness { path, update } => self.apply_awareness(None, path, update),
             RoomMsg::Read { kind, reply } => {
                 let answer = self.exists.then(|| match kind {
                     ReadKind::Update => self.state.full_state(),
@@ -288,28 +347,10 @@ impl Room {
                 self.effect(outbox, Effect::Send(id, frame));
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                self.accept_update(id, update, outbox).await?;
+                self.accept_update(Source::Client(id), update, outbox)
+                    .await?;
             }
-            ClientMessage::Awareness(update) => match self.state.apply_awareness(update) {
-                Ok(Some(summary)) => {
-                    if let Some(member) = self.members.get_mut(&id) {
-                        for c in summary.added.iter().chain(&summary.updated) {
-                            if !member.awareness_ids.contains(c) {
-                                member.awareness_ids.push(*c);
-                            }
-                        }
-                        member
-                            .awareness_ids
-                            .retain(|c| !summary.removed.contains(c));
-                    }
-                    // Presence is not stored: it is relayed at once.
-                    if let Some(aw) = self.state.awareness_of(summary.all_changes()) {
-                        self.broadcast(Bytes::from(encode::awareness(&aw)));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => self.reject(id, close_code::INVALID, e.to_string()),
-            },
+            ClientMessage::Awareness(update) => self.apply_awareness(Some(id), Vec::new(), update),
             ClientMessage::AwarenessQuery => {
                 if let Some(aw) = self.state.awareness_states() {
                     self.send_to(id, Bytes::from(encode::awareness(&aw)));
@@ -320,23 +361,43 @@ impl Room {
         Ok(())
     }
 
-    /// Applies an update from member `id`; if it brought something new, stores it and relays it
-    /// once stored (or at once with async durability).
+    /// Applies an update; if it brought something new, stores it and relays it (to members and,
+    /// through the log, to peers) once stored, or at once with async durability.
     async fn accept_update(
         &mut self,
-        id: ConnId,
+        source: Source,
         update: IncomingUpdate,
         outbox: &mut Outbox,
     ) -> Result<(), StoreError> {
         let bytes = Bytes::from(update.bytes.clone());
-        match self.state.apply_update(update) {
-            Ok(Applied::Changed) => {}
-            Ok(Applied::Unchanged) => return Ok(()),
-            Err(e) => {
-                self.reject(id, close_code::INVALID, e.to_string());
-                return Ok(());
-            }
-        }
+        let (path, done) = match source {
+            Source::Client(id) => match self.state.apply_update(update) {
+                Ok(Applied::Changed) => (Vec::new(), None),
+                Ok(Applied::Unchanged) => return Ok(()),
+                Err(e) => {
+                    self.reject(id, close_code::INVALID, e.to_string());
+                    return Ok(());
+                }
+            },
+            Source::Peer { path, done } => match self.state.apply_update(update) {
+                Ok(Applied::Changed) => (path, done),
+                // Nothing new, but it may be new only to writes still in flight: acknowledge it
+                // once those are durable.
+                Ok(Applied::Unchanged) => {
+                    if let Some(done) = done {
+                        self.effect(outbox, Effect::Done(done));
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(doc = %self.name, ?path, error = %e, "a peer's update does not apply; skipping it");
+                    if let Some(done) = done {
+                        self.effect(outbox, Effect::Done(done));
+                    }
+                    return Ok(());
+                }
+            },
+        };
         let frame = Bytes::from(encode::update(&bytes));
         self.tail.entries += 1;
         self.tail.bytes += bytes.len() as u64;
@@ -346,24 +407,77 @@ impl Room {
             .append(Append {
                 doc: self.name.clone(),
                 update: bytes,
-                path: Vec::new(),
+                path,
             })
             .await?;
         self.exists = true;
+        let mut then: Vec<Effect> = done.into_iter().map(Effect::Done).collect();
         match self.registry.config.durability {
-            Durability::Sync => outbox.0.push_back(Pending {
-                commit,
-                then: vec![Effect::Broadcast(frame)],
-            }),
-            Durability::Async => {
-                outbox.0.push_back(Pending {
-                    commit,
-                    then: Vec::new(),
-                });
-                self.broadcast(frame);
-            }
+            Durability::Sync => then.insert(0, Effect::Broadcast(frame)),
+            Durability::Async => self.broadcast(frame),
         }
+        outbox.0.push_back(Pending { commit, then });
+        self.repair_gaps();
         self.maybe_compact(outbox).await
+    }
+
+    /// Updates waiting for ones they depend on (delivered out of order by different links):
+    /// ask the peers for what is missing rather than wait for the log to bring it.
+    fn repair_gaps(&mut self) {
+        if !self.state.has_pending() || self.last_repair.is_some_and(|t| t.elapsed() < REPAIR_EVERY)
+        {
+            return;
+        }
+        if let Some(hub) = self.registry.replication() {
+            self.last_repair = Some(Instant::now());
+            debug!(doc = %self.name, "updates wait for missing dependencies; asking peers");
+            hub.offer_sync(&self.name, &self.state.state_vector());
+        }
+    }
+
+    /// Applies presence from a member (`from`) or a peer region (`path`), relays it to members
+    /// and to the peers not on its path. Presence is never stored.
+    fn apply_awareness(
+        &mut self,
+        from: Option<ConnId>,
+        path: Vec<NodeId>,
+        update: AwarenessUpdate,
+    ) {
+        let summary = match self.state.apply_awareness(update) {
+            Ok(Some(summary)) => summary,
+            Ok(None) => return,
+            Err(e) => {
+                match from {
+                    Some(id) => self.reject(id, close_code::INVALID, e.to_string()),
+                    None => {
+                        warn!(doc = %self.name, error = %e, "a peer's awareness update does not apply")
+                    }
+                }
+                return;
+            }
+        };
+        if let Some(member) = from.and_then(|id| self.members.get_mut(&id)) {
+            for c in summary.added.iter().chain(&summary.updated) {
+                if !member.awareness_ids.contains(c) {
+                    member.awareness_ids.push(*c);
+                }
+            }
+            member
+                .awareness_ids
+                .retain(|c| !summary.removed.contains(c));
+        }
+        if let Some(aw) = self.state.awareness_of(summary.all_changes()) {
+            self.broadcast_awareness(&path, &aw);
+        }
+    }
+
+    /// Sends presence to every member and every peer not on `path`.
+    fn broadcast_awareness(&mut self, path: &[NodeId], aw: &AwarenessUpdate) {
+        let payload = aw.encode_v1();
+        if let Some(hub) = self.registry.replication() {
+            hub.relay_awareness(&self.name, path, &payload);
+        }
+        self.broadcast(Bytes::from(encode::awareness_payload(&payload)));
     }
 
     /// Replaces the log with a snapshot once the log since the last one passes a threshold.
@@ -404,6 +518,10 @@ impl Room {
                 Effect::Reply(reply, answer) => {
                     let _ = reply.send(answer);
                 }
+                Effect::Done(done) => {
+                    let _ = done.send(());
+                }
+                Effect::Peer(link, msg) => link.try_send(&msg),
             }
         }
     }
@@ -455,7 +573,7 @@ impl Room {
             return;
         };
         if let Some(removal) = self.state.remove_awareness(&member.awareness_ids) {
-            self.broadcast(Bytes::from(encode::awareness(&removal)));
+            self.broadcast_awareness(&[], &removal);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ([`client::YClient`]).
 
 pub mod client;
+pub mod cluster;
 pub mod server;
 
 pub use client::{WAIT, YClient};

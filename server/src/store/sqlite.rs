@@ -477,7 +477,9 @@ impl Writer {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "committed"
                 );
-                self.feed.committed.store(self.next_seq - 1, Ordering::Release);
+                self.feed
+                    .committed
+                    .store(self.next_seq - 1, Ordering::Release);
                 for (op, seq) in batch.into_iter().zip(seqs) {
                     match op {
                         Op::Append { entry, done } => {

@@ -1,0 +1,287 @@
+//! One authenticated peer link, both directions.
+//!
+//! Incoming: each message is routed to its document's room. An `Update` is acknowledged only once
+//! the room has made it durable (or found it brings nothing new); acknowledgements go out in log
+//! order, batched every [`ACK_EVERY`], so the peer's cursor for us never runs ahead of our disk.
+//!
+//! Outgoing: [`super::stream::stream_log`] sends our log from the peer's cursor.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use concord_crdt::yrs::StateVector;
+use concord_crdt::yrs::updates::decoder::Decode;
+use concord_crdt::{DocName, IncomingUpdate, NodeId, PeerMessage};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::auth::Identity;
+use super::socket::PeerSocket;
+use super::{LinkHandle, PeerStats, Replication, now_ms};
+use crate::room::RoomMsg;
+use crate::store::Seq;
+
+/// How often acknowledgements are sent (when there is something new to acknowledge).
+const ACK_EVERY: Duration = Duration::from_millis(20);
+/// How often, at most, the peer's acknowledged cursor is written to the store.
+const PERSIST_CURSOR_EVERY: Duration = Duration::from_millis(200);
+/// Updates received but not yet durable, per link.
+const ACK_QUEUE: usize = 8192;
+
+/// Runs an authenticated link until it ends.
+pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, dialer: NodeId) {
+    let link = LinkHandle {
+        peer: peer.node_id.clone(),
+        id: hub.next_link_id(),
+        dialer,
+        out: sock.outgoing.clone(),
+        control: sock.control.clone(),
+    };
+    if !hub.register(link.clone()) {
+        debug!(peer = %peer.node_id, "duplicate link refused");
+        sock.control
+            .close(1000, "duplicate link: the pair keeps the other one");
+        return;
+    }
+    let stats = hub.stats(&peer.node_id);
+    *stats.region.lock().unwrap() = peer.region.clone();
+    *stats.url.lock().unwrap() = peer.url.clone();
+    stats.connected.store(true, Ordering::Relaxed);
+    stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+
+    let cursor = match hub.store.peer_cursors().await {
+        Ok(c) => c.get(&peer.node_id).copied().unwrap_or(0),
+        Err(e) => {
+            warn!(peer = %peer.node_id, error = %e, "cannot read replication cursors; dropping the link");
+            sock.control.close(1011, "cannot read replication cursors");
+            return finish(&hub, &link, &stats, &peer).await;
+        }
+    };
+    stats.acked.fetch_max(cursor, Ordering::Relaxed);
+    if cursor == 0 {
+        // Known from now on: compaction keeps the log entries this peer has not acknowledged.
+        let _ = hub.store.set_peer_cursor(&peer.node_id, 0).await;
+    }
+    info!(peer = %peer.node_id, region = %peer.region, url = %peer.url, resume_after = cursor, "peer link up");
+
+    let (acked_tx, acked_rx) = watch::channel(cursor);
+    let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+    let sender = tokio::spawn(super::stream::stream_log(
+        hub.clone(),
+        link.clone(),
+        stats.clone(),
+        cursor,
+        acked_rx,
+    ));
+    let acker = tokio::spawn(ack_loop(ack_rx, link.clone()));
+
+    let mut persisted = (cursor, Instant::now());
+    loop {
+        let bytes = tokio::select! {
+            _ = sock.control.token().cancelled() => break,
+            b = sock.incoming.recv() => match b { Some(b) => b, None => break },
+        };
+        stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        let msg = match PeerMessage::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(peer = %peer.node_id, error = %e, "undecodable peer message; closing the link");
+                sock.control.close(1002, e.to_string());
+                break;
+            }
+        };
+        match msg {
+            PeerMessage::Update {
+                seq,
+                doc,
+                path,
+                update,
+            } => {
+                stats.received_updates.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .received_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let done = receive_update(&hub, &peer.node_id, doc, path, &update).await;
+                if ack_tx.send((seq, done)).await.is_err() {
+                    break;
+                }
+            }
+            PeerMessage::Progress { seq } => {
+                if ack_tx.send((seq, None)).await.is_err() {
+                    break;
+                }
+            }
+            PeerMessage::Ack { seq } => {
+                stats.acked.fetch_max(seq, Ordering::Relaxed);
+                acked_tx.send_if_modified(|acked| {
+                    let newer = seq > *acked;
+                    if newer {
+                        *acked = seq;
+                    }
+                    newer
+                });
+                if persisted.1.elapsed() >= PERSIST_CURSOR_EVERY && seq > persisted.0 {
+                    let _ = hub.store.set_peer_cursor(&peer.node_id, seq).await;
+                    persisted = (seq, Instant::now());
+                }
+            }
+            PeerMessage::SyncStep1 { doc, sv } => {
+                let Ok(sv) = StateVector::decode_v1(&sv) else {
+                    continue;
+                };
+                if let Some(room) = hub.registry().and_then(|r| r.live_room(&doc)) {
+                    let _ = room
+                        .tx
+                        .send(RoomMsg::PeerSync {
+                            link: link.clone(),
+                            sv,
+                        })
+                        .await;
+                }
+            }
+            PeerMessage::SyncStep2 { doc, update } => {
+                let path = vec![peer.node_id.clone()];
+                let _ = receive_update(&hub, &peer.node_id, doc, path, &update).await;
+            }
+            PeerMessage::Awareness { doc, path, update } => {
+                if path.contains(&hub.me.node_id) {
+                    continue;
+                }
+                let Some(room) = hub.registry().and_then(|r| r.live_room(&doc)) else {
+                    continue;
+                };
+                match concord_crdt::message::decode_awareness(&update) {
+                    Ok(update) => {
+                        let _ = room.tx.send(RoomMsg::PeerAwareness { path, update }).await;
+                    }
+                    Err(e) => {
+                        warn!(peer = %peer.node_id, %doc, error = %e, "undecodable presence from a peer")
+                    }
+                }
+            }
+            PeerMessage::Challenge { .. }
+            | PeerMessage::Hello { .. }
+            | PeerMessage::Welcome { .. } => {
+                warn!(peer = %peer.node_id, "handshake message on an established link; closing it");
+                sock.control.close(1002, "unexpected handshake message");
+                break;
+            }
+        }
+    }
+    sender.abort();
+    acker.abort();
+    let acked = stats.acked.load(Ordering::Relaxed);
+    if acked > persisted.0 {
+        let _ = hub.store.set_peer_cursor(&peer.node_id, acked).await;
+    }
+    finish(&hub, &link, &stats, &peer).await;
+}
+
+async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &Identity) {
+    link.control.token().cancel();
+    hub.unregister(link);
+    if !hub.is_linked(&peer.node_id) {
+        stats.connected.store(false, Ordering::Relaxed);
+        let why = link
+            .control
+            .reason()
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| "connection lost".into());
+        warn!(peer = %peer.node_id, region = %peer.region, reason = %why, "peer link down; local clients are still served, updates for this peer wait in the log");
+    }
+}
+
+/// Hands a replicated update to its document. Returns what resolves once it is durable (`None`
+/// when there is nothing to wait for: our own update coming back, or one that cannot be used).
+async fn receive_update(
+    hub: &Replication,
+    from: &NodeId,
+    doc: DocName,
+    path: Vec<NodeId>,
+    update: &[u8],
+) -> Option<oneshot::Receiver<()>> {
+    if path.contains(&hub.me.node_id) {
+        return None;
+    }
+    let update = match IncomingUpdate::decode(update) {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(peer = %from, %doc, error = %e, "peer sent an undecodable update; skipping it");
+            return None;
+        }
+    };
+    let registry = hub.registry()?;
+    let (done, durable) = oneshot::channel();
+    let room = registry.room(&doc);
+    room.tx
+        .send(RoomMsg::Replicated {
+            update,
+            path,
+            done: Some(done),
+        })
+        .await
+        .ok()?;
+    Some(durable)
+}
+
+/// Acknowledges received updates in log order once each is durable.
+async fn ack_loop(mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>, link: LinkHandle) {
+    let mut pending = FuturesOrdered::new();
+    let mut ackable: Seq = 0;
+    let mut sent: Seq = 0;
+    let mut tick = tokio::time::interval(ACK_EVERY);
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some((seq, durable)) = item else { return };
+                pending.push_back(async move {
+                    match durable {
+                        Some(d) => d.await.map(|_| seq),
+                        None => Ok(seq),
+                    }
+                });
+            }
+            Some(done) = pending.next(), if !pending.is_empty() => match done {
+                Ok(seq) => ackable = ackable.max(seq),
+                Err(_) => {
+                    // The document could not store it: do not acknowledge; the peer sends it
+                    // again when the link comes back.
+                    link.control.close(1011, "a replicated update could not be stored");
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                if ackable > sent {
+                    sent = ackable;
+                    if link.out.send(Bytes::from(PeerMessage::Ack { seq: sent }.encode())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves an incoming peer link (`GET /peer`): authenticate, then run it.
+pub async fn accept(hub: Arc<Replication>, mut sock: PeerSocket, remote: std::net::SocketAddr) {
+    let Some(secret) = hub.secret().map(<[u8]>::to_vec) else {
+        warn!(%remote, "peer link refused: this node has no --peer-secret");
+        sock.control.close(
+            1008,
+            "peer links are disabled on this node (no --peer-secret)",
+        );
+        return;
+    };
+    match super::auth::accept(&mut sock, &hub.me, &secret).await {
+        Ok(peer) => run(hub, sock, peer.clone(), peer.node_id).await,
+        Err(e) => {
+            warn!(%remote, error = %e, "peer link refused");
+            sock.control
+                .close(1008, format!("peer authentication failed: {e}"));
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Multi-region active-active replication between Concord nodes.
+//!
+//! Every node is a leader for its own clients and a follower of its peers. Peer links are
+//! WebSockets (`GET /peer`) carrying every document multiplexed ([`concord_crdt::PeerMessage`]),
+//! authenticated by a challenge/response over the shared secret ([`auth`]).
+//!
+//! - [`socket`]: a link's WebSocket as two bounded channels, whichever library opened it.
+//! - [`dial`]: dials the configured peers, retrying with jittered exponential backoff.
+//! - [`link`]: one authenticated link: routes what arrives to the documents, acknowledges it once
+//!   durable, and runs [`stream`] for the other direction.
+//! - [`stream`]: sends this node's update log to one peer from the last sequence it acknowledged,
+//!   so catch-up after an outage costs the missed updates only.
+//!
+//! Loop prevention: an update carries the ids of the nodes it passed through; a node never sends
+//! it to one of them, drops one carrying its own id, and relays only updates that changed its
+//! document (the room decides that). Gaps from out-of-order delivery are repaired by a
+//! state-vector exchange for documents live on both sides.
+//!
+//! [`Replication`] is the hub: the live links (at most one per peer), per-peer statistics for
+//! `/api/status`, and the calls rooms make (announce a live document, relay presence).
+
+pub mod auth;
+pub mod dial;
+pub mod link;
+pub mod socket;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use concord_crdt::yrs::StateVector;
+use concord_crdt::yrs::updates::encoder::Encode;
+use concord_crdt::{DocName, NodeId, PeerMessage};
+use dashmap::DashMap;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::control::Control;
+use crate::registry::Registry;
+use crate::store::{Seq, SharedStore};
+use auth::Identity;
+
+/// One live, authenticated link to a peer.
+#[derive(Clone)]
+pub struct LinkHandle {
+    pub peer: NodeId,
+    id: u64,
+    /// Which end dialed: decides which link survives when both ends dial each other.
+    dialer: NodeId,
+    pub out: mpsc::Sender<Bytes>,
+    control: Arc<Control>,
+}
+
+impl LinkHandle {
+    /// Queues a message without waiting; repair and presence messages are dropped when the link
+    /// is congested (the update log, which must not lose anything, waits instead).
+    pub fn try_send(&self, msg: &PeerMessage) {
+        let _ = self.out.try_send(Bytes::from(msg.encode()));
+    }
+}
+
+/// What `/api/status` shows of one peer. Counters are since this process started.
+#[derive(Default)]
+pub struct PeerStats {
+    pub region: Mutex<String>,
+    pub url: Mutex<String>,
+    pub connected: AtomicBool,
+    /// Unix milliseconds of the last message received.
+    pub last_contact_ms: AtomicU64,
+    /// Last sequence of this node's log the peer acknowledged.
+    pub acked: AtomicU64,
+    pub sent_updates: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub received_updates: AtomicU64,
+    pub received_bytes: AtomicU64,
+}
+
+/// A configured peer URL and what dialing it has found out.
+#[derive(Default, Clone)]
+pub struct DialState {
+    pub node_id: Option<NodeId>,
+    pub last_error: Option<String>,
+}
+
+pub struct Replication {
+    pub me: Identity,
+    secret: Option<Vec<u8>>,
+    /// Base URLs from `--peers`.
+    configured: Vec<String>,
+    links: DashMap<NodeId, LinkHandle>,
+    peers: DashMap<NodeId, Arc<PeerStats>>,
+    dials: DashMap<String, DialState>,
+    registry: OnceLock<Weak<Registry>>,
+    pub store: SharedStore,
+    pub shutdown: CancellationToken,
+    next_link: AtomicU64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Replication {
+    pub fn new(
+        me: Identity,
+        secret: Option<String>,
+        configured: Vec<String>,
+        store: SharedStore,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Replication {
+            me,
+            secret: secret.map(String::into_bytes),
+            configured,
+            links: DashMap::new(),
+            peers: DashMap::new(),
+            dials: DashMap::new(),
+            registry: OnceLock::new(),
+            store,
+            shutdown,
+            next_link: AtomicU64::new(1),
+        })
+    }
+
+    /// Connects the hub to the documents and starts dialing the configured peers.
+    pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
+        let _ = self.registry.set(Arc::downgrade(registry));
+        for url in &self.configured {
+            tokio::spawn(dial::dial_forever(self.clone(), url.clone()));
+        }
+        if !self.configured.is_empty() {
+            info!(node = %self.me.node_id, region = %self.me.region, peers = ?self.configured, "replicating");
+        }
+    }
+
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        self.registry.get().and_then(Weak::upgrade)
+    }
+
+    pub fn secret(&self) -> Option<&[u8]> {
+        self.secret.as_deref()
+    }
+
+    pub fn stats(&self, peer: &NodeId) -> Arc<PeerStats> {
+        self.peers.entry(peer.clone()).or_default().clone()
+    }
+
+    pub fn is_linked(&self, peer: &NodeId) -> bool {
+        self.links.contains_key(peer)
+    }
+
+    /// Registers a new link. When the pair already has one (both ends dialed), both nodes keep
+    /// the link dialed by the smaller node id, so they agree without talking about it. Returns
+    /// whether the new link is kept; the loser is closed.
+    fn register(&self, new: LinkHandle) -> bool {
+        use dashmap::mapref::entry::Entry;
+        match self.links.entry(new.peer.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(new);
+                true
+            }
+            Entry::Occupied(mut o) => {
+                let old = o.get();
+                let preferred = self.me.node_id.clone().min(new.peer.clone());
+                let keep_new = old.dialer == new.dialer || new.dialer == preferred;
+                if keep_new {
+                    old.control
+                        .close(1000, "duplicate link: the pair keeps the other one");
+                    o.insert(new);
+                }
+                keep_new
+            }
+        }
+    }
+
+    fn unregister(&self, link: &LinkHandle) {
+        self.links.remove_if(&link.peer, |_, l| l.id == link.id);
+    }
+
+    fn next_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn links(&self) -> Vec<LinkHandle> {
+        self.links.iter().map(|l| l.clone()).collect()
+    }
+
+    /// A document became live here (or has data waiting for missing dependencies): offer our
+    /// state vector to every peer; those that have it live answer with what we lack.
+    pub fn offer_sync(&self, doc: &DocName, sv: &StateVector) {
+        let msg = PeerMessage::SyncStep1 {
+            doc: doc.clone(),
+            sv: sv.encode_v1(),
+        };
+        for link in self.links() {
+            link.try_send(&msg);
+        }
+    }
+
+    /// Relays a presence update to every peer not already on its path.
+    pub fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]) {
+        let mut forward_path = path.to_vec();
+        forward_path.push(self.me.node_id.clone());
+        let msg = PeerMessage::Awareness {
+            doc: doc.clone(),
+            path: forward_path,
+            update: payload.to_vec(),
+        };
+        for link in self.links() {
+            if !path.contains(&link.peer) {
+                link.try_send(&msg);
+            }
+        }
+    }
+
+    /// Status for `/api/status`: this node and every peer it knows, configured or seen.
+    pub fn status(&self) -> Value {
+        let committed = self.store.committed();
+        let mut peers: Vec<Value> = Vec::new();
+        let mut seen_ids = Vec::new();
+        for url in &self.configured {
+            let dial = self.dials.get(url).map(|d| d.clone()).unwrap_or_default();
+            let stats = dial
+                .node_id
+                .as_ref()
+                .and_then(|id| self.peers.get(id).map(|s| s.clone()));
+            if let Some(id) = &dial.node_id {
+                seen_ids.push(id.clone());
+            }
+            let silent = dial.node_id.as_ref().and_then(|id| self.silent_for(id));
+            peers.push(peer_json(
+                url,
+                dial.node_id.as_ref(),
+                stats.as_deref(),
+                silent,
+                dial.last_error.as_deref(),
+                committed,
+                "outbound",
+            ));
+        }
+        for entry in self.peers.iter() {
+            if seen_ids.contains(entry.key()) {
+                continue;
+            }
+            let url = entry.value().url.lock().unwrap().clone();
+            let silent = self.silent_for(entry.key());
+            peers.push(peer_json(
+                &url,
+                Some(entry.key()),
+                Some(entry.value()),
+                silent,
+                None,
+                committed,
+                "inbound",
+            ));
+        }
+        json!({
+            "node_id": self.me.node_id.as_str(),
+            "region": self.me.region,
+            "url": self.me.url,
+            "committed_seq": committed,
+            "peers": peers,
+        })
+    }
+
+    /// How long the live link to `peer` has been silent (pings count), if there is one.
+    fn silent_for(&self, peer: &NodeId) -> Option<std::time::Duration> {
+        self.links.get(peer).map(|l| l.control.silent_for())
+    }
+
+    fn set_dial(&self, url: &str, f: impl FnOnce(&mut DialState)) {
+        f(&mut self.dials.entry(url.to_string()).or_default());
+    }
+}
+
+fn peer_json(
+    url: &str,
+    id: Option<&NodeId>,
+    stats: Option<&PeerStats>,
+    silent: Option<std::time::Duration>,
+    last_error: Option<&str>,
+    committed: Seq,
+    direction: &str,
+) -> Value {
+    let connected = stats.is_some_and(|s| s.connected.load(Ordering::Relaxed));
+    let acked = stats.map(|s| s.acked.load(Ordering::Relaxed)).unwrap_or(0);
+    // A live link hears from its peer at least every ping; otherwise the last message counts.
+    let last_contact = match silent {
+        Some(silent) => Some(now_ms().saturating_sub(silent.as_millis() as u64)),
+        None => stats
+            .map(|s| s.last_contact_ms.load(Ordering::Relaxed))
+            .filter(|t| *t > 0),
+    };
+    let counter =
+        |f: fn(&PeerStats) -> &AtomicU64| stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0);
+    json!({
+        "url": url,
+        "node_id": id.map(|i| i.as_str()),
+        "region": stats.map(|s| s.region.lock().unwrap().clone()),
+        "direction": direction,
+        "connected": connected,
+        "last_contact_ms": last_contact,
+        "last_contact_ago_ms": last_contact.map(|t| now_ms().saturating_sub(t)),
+        "acked_seq": acked,
+        "backlog": committed.saturating_sub(acked),
+        "sent_updates": counter(|s| &s.sent_updates),
+        "sent_bytes": counter(|s| &s.sent_bytes),
+        "received_updates": counter(|s| &s.received_updates),
+        "received_bytes": counter(|s| &s.received_bytes),
+        "last_error": last_error,
+    })
+}

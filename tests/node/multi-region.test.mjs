@@ -1,0 +1,74 @@
+// A real Yjs client edits offline and comes back through a different region.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+import { startServer, connect, synced, until, Y } from './concord.mjs'
+
+const secret = 'node-test-secret'
+let regions = []
+const open = []
+
+before(async () => {
+  // A mesh built incrementally: each new node lists the ones before it (one dialer per pair).
+  for (const name of ['eu', 'us', 'ap']) {
+    const peers = regions.map((r) => r.httpUrl).join(',')
+    const args = ['--region', name, '--peer-secret', secret, ...(peers ? ['--peers', peers] : [])]
+    regions.push(await startServer(args))
+  }
+  for (const r of regions) {
+    await waitFor(async () => {
+      const s = await (await fetch(`${r.httpUrl}/api/status`)).json()
+      return s.peers.filter((p) => p.connected).length === 2
+    }, 'mesh links')
+  }
+})
+
+after(async () => {
+  for (const c of open) { c.provider.destroy(); c.doc.destroy() }
+  for (const r of regions) await r.stop()
+})
+
+async function waitFor (fn, what, ms = 20000) {
+  const deadline = Date.now() + ms
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+async function textAt (region, room) {
+  const res = await fetch(`${region.httpUrl}/api/docs/${room}/text/t`)
+  return res.status === 200 ? res.text() : null
+}
+
+test('offline edits merge when the client reconnects to another region', async () => {
+  const room = 'node/roaming'
+  const roamer = connect(regions[0].wsUrl, room)
+  const local = connect(regions[2].wsUrl, room)
+  open.push(roamer, local)
+  await Promise.all([synced(roamer.provider), synced(local.provider)])
+  roamer.doc.getText('t').insert(0, 'start. ')
+  await until(() => local.doc.getText('t').toString() === 'start. ', 20000, 'start to cross regions')
+
+  // Offline: keep editing while another region's user edits too.
+  roamer.provider.disconnect()
+  roamer.doc.getText('t').insert(roamer.doc.getText('t').length, 'written offline. ')
+  local.doc.getText('t').insert(0, 'meanwhile in ap. ')
+  await waitFor(async () => (await textAt(regions[0], room))?.includes('meanwhile in ap.'), 'ap edit to reach eu')
+
+  // Back online, through the US region this time, with the same document.
+  roamer.provider.destroy()
+  const back = { doc: roamer.doc, provider: new WebsocketProvider(regions[1].wsUrl, room, roamer.doc, { WebSocketPolyfill: WebSocket }) }
+  open.push(back)
+  await synced(back.provider)
+
+  const expected = () => roamer.doc.getText('t').toString()
+  await until(() => expected().includes('meanwhile in ap.') && local.doc.getText('t').toString() === expected(), 20000, 'clients to converge')
+  for (const r of regions) {
+    await waitFor(async () => (await textAt(r, room)) === expected(), `region ${r.addr} to converge`)
+  }
+  const text = expected()
+  assert.ok(text.includes('start. ') && text.includes('written offline. ') && text.includes('meanwhile in ap. '), text)
+  assert.deepEqual(Y.encodeStateVector(roamer.doc), Y.encodeStateVector(local.doc))
+})

@@ -1,0 +1,219 @@
+//! Several real `concord` processes replicating through test-owned delay proxies: a simulated
+//! multi-region deployment on loopback.
+//!
+//! Links are directed: `(i, j)` means node `i` lists a proxy in front of node `j` in `--peers`.
+//! Listing both `(i, j)` and `(j, i)` makes both ends dial, as in a mesh where every node lists
+//! every other.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use concord_crdt::DocState;
+use concord_server::delay_proxy::DelayProxy;
+
+use crate::server::{Server, http_get, server_doc};
+
+pub const SECRET: &str = "test-cluster-secret";
+
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    pub proxies: HashMap<(usize, usize), DelayProxy>,
+}
+
+/// Every ordered pair: a mesh where each node lists every other.
+pub fn mesh(n: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+        .collect()
+}
+
+/// Each node lists its successor.
+pub fn ring(n: usize) -> Vec<(usize, usize)> {
+    (0..n).map(|i| (i, (i + 1) % n)).collect()
+}
+
+/// Spokes 1..n list the hub 0.
+pub fn star(n: usize) -> Vec<(usize, usize)> {
+    (1..n).map(|i| (i, 0)).collect()
+}
+
+impl Cluster {
+    /// Starts `n` nodes (regions `r0`, `r1`, ...) linked by `edges` with `delay` one way.
+    pub async fn start(
+        n: usize,
+        edges: &[(usize, usize)],
+        delay: Duration,
+        extra: &[&str],
+    ) -> Cluster {
+        let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut proxies = HashMap::new();
+        for &(i, j) in edges {
+            let p = DelayProxy::start("127.0.0.1:0".parse().unwrap(), placeholder, delay)
+                .await
+                .unwrap();
+            proxies.insert((i, j), p);
+        }
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let peers: Vec<String> = edges
+                .iter()
+                .filter(|(from, _)| *from == i)
+                .map(|e| format!("http://{}", proxies[e].addr))
+                .collect();
+            let region = format!("r{i}");
+            let node_id = format!("node-{i}");
+            let peers = peers.join(",");
+            let mut args = vec![
+                "--region",
+                &region,
+                "--node-id",
+                &node_id,
+                "--peer-secret",
+                SECRET,
+            ];
+            if !peers.is_empty() {
+                args.extend(["--peers", &peers]);
+            }
+            args.extend(extra);
+            nodes.push(Server::start(&args).await);
+        }
+        let c = Cluster { nodes, proxies };
+        c.aim_proxies();
+        c
+    }
+
+    /// Points every proxy at its node's current address (after a restart the port changes).
+    pub fn aim_proxies(&self) {
+        for (&(_, j), p) in &self.proxies {
+            p.set_target(self.nodes[j].addr);
+        }
+    }
+
+    /// Cuts (or heals) both directions between `a` and `b`.
+    pub fn cut(&self, a: usize, b: usize) {
+        for k in [(a, b), (b, a)] {
+            if let Some(p) = self.proxies.get(&k) {
+                p.cut();
+            }
+        }
+    }
+
+    pub fn heal(&self, a: usize, b: usize) {
+        for k in [(a, b), (b, a)] {
+            if let Some(p) = self.proxies.get(&k) {
+                p.heal();
+            }
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> serde_json::Value {
+        let (_, body) = http_get(&self.nodes[i].http_url("/api/status")).await;
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Waits until every node has a live link to each of its neighbours.
+    pub async fn wait_linked(&self, edges: &[(usize, usize)]) {
+        for i in 0..self.nodes.len() {
+            let expected: std::collections::HashSet<String> = edges
+                .iter()
+                .filter_map(|&(a, b)| {
+                    if a == i {
+                        Some(b)
+                    } else if b == i {
+                        Some(a)
+                    } else {
+                        None
+                    }
+                })
+                .map(|j| format!("node-{j}"))
+                .collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = self.status(i).await;
+                let linked: std::collections::HashSet<String> = s["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["connected"] == true)
+                    .filter_map(|p| p["node_id"].as_str().map(String::from))
+                    .collect();
+                if expected.is_subset(&linked) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {i} links {linked:?}, expected {expected:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Each node's copy of `doc` (None where it has never been written).
+    pub async fn docs(&self, doc: &str) -> Vec<Option<DocState>> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(server_doc(n, doc).await);
+        }
+        out
+    }
+
+    /// Waits until every node holds `doc` with the same state vector and the same encoded
+    /// content, and returns its text root `t`.
+    pub async fn wait_converged(&self, doc: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let docs = self.docs(doc).await;
+            if let Some(text) = converged(&docs) {
+                return text;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let summary: Vec<_> = docs
+                    .iter()
+                    .map(|d| {
+                        d.as_ref()
+                            .map(|d| (d.state_vector(), d.text("t").map(|t| t.len())))
+                    })
+                    .collect();
+                panic!("{doc} did not converge within {within:?}: {summary:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Total `received_updates` over every node and peer.
+    pub async fn received_updates(&self) -> u64 {
+        let mut total = 0;
+        for i in 0..self.nodes.len() {
+            for p in self.status(i).await["peers"].as_array().unwrap() {
+                total += p["received_updates"].as_u64().unwrap_or(0);
+            }
+        }
+        total
+    }
+}
+
+/// `Some(text)` when every copy exists and all have identical state vectors and identical full
+/// encodings once re-encoded from a fresh document (encoding order of a live doc can differ).
+fn converged(docs: &[Option<DocState>]) -> Option<String> {
+    let first = docs.first()?.as_ref()?;
+    let sv = first.state_vector();
+    let text = first.text("t").unwrap_or_default();
+    let canonical = |d: &DocState| {
+        DocState::load([d.full_state().as_slice()])
+            .ok()
+            .map(|c| c.full_state())
+    };
+    let reference = canonical(first)?;
+    for d in docs.iter().skip(1) {
+        let d = d.as_ref()?;
+        if d.state_vector() != sv
+            || d.text("t").unwrap_or_default() != text
+            || canonical(d)? != reference
+        {
+            return None;
+        }
+    }
+    Some(text)
+}
