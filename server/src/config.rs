@@ -75,7 +75,7 @@ pub struct ServeArgs {
     pub durability: Durability,
 
     /// With --durability async: the longest a relayed update waits for its commit.
-    #[arg(long, env = "CONCORD_COMMIT_DELAY", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CONCORD_COMMIT_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub commit_delay: Duration,
 
     /// Compact a document (replace its log entries by one snapshot) once it has this many log

@@ -75,7 +75,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             durability: Durability::Sync,
-            commit_delay: Duration::from_millis(50),
+            commit_delay: Duration::from_millis(2),
             max_db_bytes: 0,
             queue: 8192,
         }

@@ -1,0 +1,236 @@
+//! One simulated editor: a y-websocket client (tokio-tungstenite) with a real `yrs` document.
+//! It syncs like `WebsocketProvider` (Step1/Step2 both ways), applies everything it receives,
+//! and while the run is writing, produces real Yjs updates: random typing at a given rate, or
+//! the next transactions of an editing trace.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use concord_crdt::yrs::updates::decoder::Decode;
+use concord_crdt::yrs::{Doc, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
+use concord_crdt::{ClientMessage, decode_frame, encode};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::stats::{Local, Stats, UpdateKey};
+use crate::trace::Agent;
+
+/// The run's phases, broadcast to every editor.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Connect and sync; do not write yet.
+    Connect,
+    /// Produce updates.
+    Write,
+    /// Stop writing; keep receiving until the end.
+    Drain,
+    /// Disconnect.
+    Done,
+}
+
+/// What an editor writes.
+pub enum Workload {
+    /// Random typing: `rate` updates per second.
+    Random { rate: f64 },
+    /// Replays one agent of an editing trace, one transaction per tick at most `rate` per second
+    /// (and only once the transactions it depends on have arrived).
+    Trace {
+        agent: std::sync::Mutex<Agent>,
+        rate: f64,
+    },
+}
+
+pub struct Editor {
+    pub id: usize,
+    pub region: usize,
+    pub url: String,
+    pub doc: Doc,
+    /// Editors of this document (every one receives each update).
+    pub receivers: u32,
+    pub workload: Workload,
+    /// False for read-only editors.
+    pub writes: bool,
+    /// Set at the first Step2 (counted once, not again after reconnects).
+    pub synced: std::sync::atomic::AtomicBool,
+}
+
+/// Root text every editor writes to.
+pub const TEXT: &str = "t";
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: thousands of editors share this process.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(256 << 20))
+}
+
+impl Editor {
+    pub async fn run(self, stats: Arc<Stats>, mut phase: watch::Receiver<Phase>) {
+        let mut local = Local::new(self.region);
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        while *phase.borrow() != Phase::Done {
+            if !first {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(3));
+            }
+            first = false;
+            match self.session(&stats, &mut phase, &mut local).await {
+                Ok(()) => break,
+                Err(_) => stats.errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        stats.flush(&mut local);
+    }
+
+    /// One connection; `Ok` when the run is over, `Err` when the socket failed.
+    async fn session(
+        &self,
+        stats: &Stats,
+        phase: &mut watch::Receiver<Phase>,
+        local: &mut Local,
+    ) -> Result<(), String> {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_config()), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        let sv = self.doc.transact().state_vector();
+        ws.send(Message::Binary(encode::sync_step1(&sv).into()))
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let period = match &self.workload {
+            Workload::Random { rate } | Workload::Trace { rate, .. } => {
+                Duration::from_secs_f64(1.0 / rate.max(0.001))
+            }
+        };
+        // Spread editors' ticks over the period instead of firing together.
+        let offset = period.mul_f64(rand::rng().random_range(0.0..1.0));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut flush = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let writing = self.writes && *phase.borrow() == Phase::Write;
+            tokio::select! {
+                changed = phase.changed() => {
+                    if changed.is_err() || *phase.borrow() == Phase::Done {
+                        let _ = ws.close(None).await;
+                        return Ok(());
+                    }
+                }
+                _ = flush.tick() => stats.flush(local),
+                _ = tick.tick(), if writing => {
+                    let Some((key, update)) = self.next_edit() else { continue };
+                    stats.sent(key, self.region, self.id, self.receivers, local);
+                    ws.send(Message::Binary(encode::update(&update).into())).await.map_err(|e| e.to_string())?;
+                }
+                msg = ws.next() => {
+                    let frame = match msg {
+                        Some(Ok(Message::Binary(b))) => b,
+                        Some(Ok(Message::Close(_))) | None => return Err("closed by the server".into()),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(e.to_string()),
+                    };
+                    for reply in self.receive(&frame, stats, local) {
+                        ws.send(Message::Binary(reply.into())).await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a frame; returns what to answer (a Step2 to the server's Step1).
+    fn receive(&self, frame: &[u8], stats: &Stats, local: &mut Local) -> Vec<Vec<u8>> {
+        let mut replies = Vec::new();
+        let Ok(msgs) = decode_frame(frame) else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            return replies;
+        };
+        for m in msgs {
+            match m {
+                ClientMessage::SyncStep1(sv) => {
+                    let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                    replies.push(encode::sync_step2(&diff));
+                }
+                ClientMessage::SyncStep2(u) => {
+                    let _ = self.doc.transact_mut().apply_update(u.decoded);
+                    if !self.synced.swap(true, Ordering::Relaxed) {
+                        stats.synced.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ClientMessage::Update(u) => {
+                    if let Some((client, clock)) = u
+                        .decoded
+                        .state_vector_lower()
+                        .iter()
+                        .next()
+                        .map(|(c, k)| (c.get(), *k))
+                    {
+                        stats.received((client, clock), self.region, self.id, local);
+                    }
+                    let _ = self.doc.transact_mut().apply_update(u.decoded);
+                }
+                _ => {}
+            }
+        }
+        replies
+    }
+
+    /// Makes the next local edit; returns its key and the encoded update.
+    fn next_edit(&self) -> Option<(Option<UpdateKey>, Vec<u8>)> {
+        let client = self.doc.client_id();
+        let mut txn = self.doc.transact_mut();
+        let clock = txn.state_vector().get(&client);
+        let text = txn.get_or_insert_text(TEXT);
+        match &self.workload {
+            Workload::Random { .. } => {
+                let mut rng = rand::rng();
+                let len = text.len(&txn);
+                if len > 20 && rng.random_bool(0.1) {
+                    let at = rng.random_range(0..len - 2);
+                    text.remove_range(&mut txn, at, 2);
+                } else {
+                    let at = rng.random_range(0..=len);
+                    let s: String = (0..rng.random_range(1..4))
+                        .map(|_| rng.random_range(b'a'..=b'z') as char)
+                        .collect();
+                    text.insert(&mut txn, at, &s);
+                }
+            }
+            Workload::Trace { agent, .. } => {
+                drop(txn);
+                let live = self.doc.transact().state_vector();
+                let seen = |k: &UpdateKey| live.get(&concord_crdt::yrs::ClientID::new(k.0)) > k.1;
+                return agent.lock().unwrap().next(seen);
+            }
+        }
+        let update = txn.encode_update_v1();
+        // A deletion-only edit adds no block, so it has no id to be matched by: sent, unmeasured.
+        let key = (txn.state_vector().get(&client) != clock).then_some((client.get(), clock));
+        Some((key, update))
+    }
+}
+
+/// Full state of a document, re-encoded canonically (to compare replicas).
+pub fn canonical(update: &[u8]) -> Option<(StateVector, Vec<u8>, String)> {
+    let doc = Doc::new();
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).ok()?)
+        .ok()?;
+    let txn = doc.transact();
+    let text = txn
+        .get_text(TEXT)
+        .map(|t| concord_crdt::yrs::GetString::get_string(&t, &txn))
+        .unwrap_or_default();
+    Some((
+        txn.state_vector(),
+        txn.encode_state_as_update_v1(&StateVector::default()),
+        text,
+    ))
+}

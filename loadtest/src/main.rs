@@ -1,0 +1,401 @@
+//! `loadtest`: drives Concord (or any y-websocket server) with simulated editors spread over
+//! regions, and reports latency, throughput, convergence and resource use.
+//!
+//! - [`cluster`]: starts N regions (the real `concord` binary, meshed through delay proxies) or
+//!   uses `--target` servers.
+//! - [`editor`]: one simulated editor: a y-websocket client with a real `yrs` document.
+//! - [`trace`]: real editing traces replayed faithfully (sequential or concurrent).
+//! - [`stats`]: latency matching and per-second, per-region histograms.
+//! - [`procstat`]: CPU and RSS from `/proc`.
+//! - [`report`]: the stdout table, `report.json` and the self-contained `report.html`.
+//!
+//! A run: connect every editor → write for `--duration` (or `--ops`, or until the traces end) →
+//! stop writing and time convergence → compare every replica (each editor and each region) →
+//! exit non-zero unless they are all identical.
+
+mod cluster;
+mod editor;
+mod procstat;
+mod report;
+mod stats;
+mod trace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use concord_crdt::yrs::{Doc, Options, ReadTxn, StateVector, Transact};
+use tokio::sync::watch;
+
+use cluster::{Cluster, SpawnOptions};
+use editor::{Editor, Phase, Workload};
+use stats::Stats;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "Multi-region load test for Concord and other y-websocket servers"
+)]
+struct Args {
+    /// Regions to start (each a `concord` process), meshed through delay proxies.
+    #[arg(long, default_value_t = 3)]
+    regions: usize,
+    /// One-way latency added between regions.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Drive servers that are already running instead (comma-separated): `http://host:port`
+    /// for Concord, or a y-websocket base URL `ws://host:port` (rooms at `{url}/{doc}`).
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<String>,
+    /// Documents.
+    #[arg(long, default_value_t = 10)]
+    docs: usize,
+    /// Editors per document (random mode), spread over the regions.
+    #[arg(long, default_value_t = 6)]
+    editors: usize,
+    /// Additional connected editors per document that only read.
+    #[arg(long, default_value_t = 0)]
+    readers: usize,
+    /// Updates per second per editor (in trace mode: transactions per second per agent).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// How long to write (default 20 s; with --trace, until the trace ends).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many updates in total (overrides --duration when reached first).
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Replay an editing trace instead of random typing (`.json.gz`): a sequential trace gets one
+    /// editor per document, a concurrent one an editor per agent, agent i in region i.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Longest wait for convergence after the writes stop.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    converge_timeout: Duration,
+    /// Where to write report.json, report.html and server logs (default target/loadtest/<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The concord binary to start (default: next to this one).
+    #[arg(long)]
+    concord_bin: Option<PathBuf>,
+    /// Extra argument for every started server (repeatable), e.g. --server-arg=--durability=async.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Document name prefix.
+    #[arg(long, default_value = "loadtest")]
+    prefix: String,
+    /// Print no progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        PathBuf::from(format!("target/loadtest/{secs}"))
+    });
+    std::fs::create_dir_all(&out)?;
+
+    let cluster = if args.target.is_empty() {
+        let bin = args
+            .concord_bin
+            .clone()
+            .unwrap_or_else(cluster::default_bin);
+        eprintln!(
+            "starting {} regions ({} one-way between them), logs in {}",
+            args.regions,
+            humantime::format_duration(args.latency),
+            out.display()
+        );
+        Cluster::spawn(SpawnOptions {
+            regions: args.regions,
+            latency: args.latency,
+            bin: &bin,
+            dir: &out,
+            extra_args: &args.server_args,
+        })
+        .await?
+    } else {
+        Cluster::targets(&args.target)
+    };
+    let regions = cluster.regions.len();
+
+    let script = match &args.trace {
+        Some(p) => Some(Arc::new(trace::Script::load(p)?)),
+        None => None,
+    };
+    let stats = Arc::new(Stats::new());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connect);
+
+    // Editors: (doc, region, live doc handle) for the final comparison.
+    let mut replicas: Vec<(usize, usize, Doc)> = Vec::new();
+    let mut replays = Vec::new();
+    let mut tasks = Vec::new();
+    let mut next_id = 0;
+    let run_tag = format!("{}-{}", args.prefix, std::process::id());
+    for d in 0..args.docs {
+        let doc_name = format!("{run_tag}/doc-{d}");
+        let writers = script.as_ref().map(|s| s.agents()).unwrap_or(args.editors);
+        let receivers = (writers + args.readers) as u32;
+        let replay = script.as_ref().map(|s| trace::Replay::new(s.clone()));
+        for e in 0..writers + args.readers {
+            let region = (d + e) % regions;
+            let options = if script.is_some() {
+                trace::trace_doc_options()
+            } else {
+                Options::default()
+            };
+            let doc = Doc::with_options(options);
+            let workload = match (&replay, e < writers) {
+                (Some(r), true) => Workload::Trace {
+                    agent: std::sync::Mutex::new(trace::Agent::new(r.clone(), e)),
+                    rate: args.rate,
+                },
+                (_, true) => Workload::Random { rate: args.rate },
+                (_, false) => Workload::Random { rate: 0.0 },
+            };
+            let editor = Editor {
+                id: next_id,
+                region,
+                url: format!("{}/{doc_name}", cluster.regions[region].ws),
+                doc: doc.clone(),
+                receivers,
+                workload,
+                writes: e < writers,
+                synced: Default::default(),
+            };
+            next_id += 1;
+            replicas.push((d, region, doc));
+            tasks.push(tokio::spawn(editor.run(stats.clone(), phase_rx.clone())));
+        }
+        if let Some(r) = replay {
+            replays.push(r);
+        }
+    }
+    let editors = tasks.len();
+    eprintln!(
+        "{editors} editors on {} documents over {regions} regions; connecting",
+        args.docs
+    );
+
+    // Connect.
+    let t0 = Instant::now();
+    while (stats.synced.load(Ordering::Relaxed) as usize) < editors {
+        if t0.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "only {} of {editors} editors synced within 120 s",
+                stats.synced.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "all {editors} editors synced in {:.1} s; writing",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Write.
+    let pids: Vec<u32> = cluster.regions.iter().filter_map(|r| r.pid).collect();
+    let cpu_before: Vec<f64> = pids
+        .iter()
+        .map(|p| procstat::cpu_seconds(*p).unwrap_or(0.0))
+        .collect();
+    let own_before = procstat::own_cpu_seconds();
+    let write_start = Instant::now();
+    let first_second = stats.start.elapsed().as_secs() + 1;
+    phase_tx.send_replace(Phase::Write);
+    let mut last = (0u64, 0u64, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stats.sweep(Duration::from_secs(60));
+        let sent = stats.total_sent.load(Ordering::Relaxed);
+        let delivered = stats.total_delivered.load(Ordering::Relaxed);
+        let dt = last.2.elapsed().as_secs_f64();
+        if !args.quiet {
+            eprint!(
+                "\r  {:>5.0}s  sent {sent:>9}  {:>8.0} updates/s  {:>9.0} deliveries/s  errors {}  reconnects {}   ",
+                write_start.elapsed().as_secs_f64(),
+                (sent - last.0) as f64 / dt,
+                (delivered - last.1) as f64 / dt,
+                stats.errors.load(Ordering::Relaxed),
+                stats.reconnects.load(Ordering::Relaxed),
+            );
+        }
+        last = (sent, delivered, Instant::now());
+        let traces_done = !replays.is_empty() && replays.iter().all(|r| r.finished());
+        let ops_done = args.ops.is_some_and(|n| sent >= n);
+        let limit = match (args.duration, &args.trace, args.ops) {
+            (Some(d), _, _) => Some(d),
+            (None, None, None) => Some(Duration::from_secs(20)),
+            _ => None,
+        };
+        let time_done = limit.is_some_and(|d| write_start.elapsed() >= d);
+        if traces_done || ops_done || time_done {
+            break;
+        }
+    }
+    if !args.quiet {
+        eprintln!();
+    }
+    let write_secs = write_start.elapsed().as_secs_f64();
+    let cpu_servers: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, b)| (procstat::cpu_seconds(*p).unwrap_or(*b) - b) / write_secs)
+        .collect();
+    let cpu_own = (procstat::own_cpu_seconds() - own_before) / write_secs;
+    let last_second = stats.start.elapsed().as_secs();
+
+    // Converge.
+    phase_tx.send_replace(Phase::Drain);
+    let drain_start = Instant::now();
+    eprintln!("writes stopped; waiting for convergence");
+    let converged_after = loop {
+        if editors_agree(&replicas)
+            && regions_agree(&cluster, &replicas, &run_tag, args.docs)
+                .await
+                .0
+                == args.docs
+        {
+            break Some(drain_start.elapsed());
+        }
+        if drain_start.elapsed() > args.converge_timeout {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (docs_equal, region_checked) =
+        regions_agree(&cluster, &replicas, &run_tag, args.docs).await;
+    let rss: Vec<Option<u64>> = pids.iter().map(|p| procstat::rss_kib(*p)).collect();
+    let own_rss = procstat::rss_kib(std::process::id());
+
+    phase_tx.send_replace(Phase::Done);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let expected_text = script.as_ref().map(|s| s.end_content.clone());
+    let trace_text_match = expected_text.as_ref().map(|end| {
+        replicas
+            .iter()
+            .all(|(_, _, doc)| text_of(doc).len() == end.len())
+    });
+    cluster.stop().await;
+
+    let r = report::Report::build(report::Inputs {
+        args: format!("{:?}", std::env::args().skip(1).collect::<Vec<_>>()),
+        regions: cluster_names(regions, &args),
+        editors,
+        docs: args.docs,
+        write_secs,
+        buckets: stats.buckets(),
+        measured: first_second..last_second,
+        convergence: converged_after,
+        docs_equal,
+        region_checked,
+        cpu_servers,
+        rss_servers: rss,
+        cpu_generator: cpu_own,
+        rss_generator: own_rss,
+        errors: stats.errors.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+        unmatched: stats.unmatched.load(Ordering::Relaxed),
+        trace: script.as_ref().map(|s| s.name.clone()),
+        trace_text_length_matches: trace_text_match,
+    });
+    println!("{}", r.table());
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)?;
+    std::fs::write(out.join("report.html"), r.html())?;
+    eprintln!(
+        "report: {}/report.json, {}/report.html",
+        out.display(),
+        out.display()
+    );
+    if docs_equal != args.docs {
+        eprintln!(
+            "FAILED: {docs_equal} of {} documents identical everywhere",
+            args.docs
+        );
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn cluster_names(regions: usize, args: &Args) -> Vec<String> {
+    if args.target.is_empty() {
+        (0..regions).map(|i| format!("region-{i}")).collect()
+    } else {
+        args.target.clone()
+    }
+}
+
+fn text_of(doc: &Doc) -> String {
+    let txn = doc.transact();
+    txn.get_text(editor::TEXT)
+        .map(|t| concord_crdt::yrs::GetString::get_string(&t, &txn))
+        .unwrap_or_default()
+}
+
+fn state_of(doc: &Doc) -> Vec<u8> {
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+/// Whether, for every document, all its editors hold the same state.
+fn editors_agree(replicas: &[(usize, usize, Doc)]) -> bool {
+    let mut by_doc: std::collections::HashMap<usize, StateVector> =
+        std::collections::HashMap::new();
+    for (d, _, doc) in replicas {
+        let sv = doc.transact().state_vector();
+        match by_doc.get(d) {
+            Some(first) if *first != sv => return false,
+            Some(_) => {}
+            None => {
+                by_doc.insert(*d, sv);
+            }
+        }
+    }
+    true
+}
+
+/// Documents whose every replica (each editor and, where readable, each region) is identical,
+/// and whether the regions could be read at all.
+async fn regions_agree(
+    cluster: &Cluster,
+    replicas: &[(usize, usize, Doc)],
+    tag: &str,
+    docs: usize,
+) -> (usize, bool) {
+    let mut equal = 0;
+    let readable = cluster.regions.iter().all(|r| r.http.is_some());
+    for d in 0..docs {
+        let mut states: Vec<Vec<u8>> = replicas
+            .iter()
+            .filter(|(doc, _, _)| *doc == d)
+            .filter_map(|(_, _, doc)| editor::canonical(&state_of(doc)).map(|c| c.1))
+            .collect();
+        if readable {
+            for r in &cluster.regions {
+                let url = format!("{}/api/docs/{tag}/doc-{d}/update", r.http.as_ref().unwrap());
+                let body = match reqwest::get(&url).await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.ok(),
+                    _ => None,
+                };
+                match body.and_then(|b| editor::canonical(&b)) {
+                    Some(c) => states.push(c.1),
+                    None => states.push(Vec::new()),
+                }
+            }
+        }
+        if states.windows(2).all(|w| w[0] == w[1]) {
+            equal += 1;
+        }
+    }
+    (equal, readable)
+}

@@ -1,0 +1,216 @@
+//! Real editing traces (`../shared/data/editing-traces`, gzipped JSON) replayed by editors.
+//!
+//! A sequential trace is one agent whose every transaction depends on the previous one. A
+//! concurrent trace has several agents; each transaction was made on the version holding exactly
+//! its `parents`. Replay is faithful: each agent keeps a *replica* that merges only a
+//! transaction's ancestors before applying it, so positions mean what they meant when recorded.
+//! The update a replica produces is what the editor sends; ancestors made by other agents must
+//! first have reached this editor over the network, so the replay follows real propagation.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use concord_crdt::yrs::updates::decoder::Decode;
+use concord_crdt::yrs::{Doc, OffsetKind, Options, ReadTxn, Text, Transact, Update, WriteTxn};
+use serde::Deserialize;
+
+use crate::stats::UpdateKey;
+
+/// One transaction: insertions/deletions at offsets of the version it was made on.
+pub struct Txn {
+    pub agent: usize,
+    pub parents: Vec<usize>,
+    /// `(position, delete count, inserted text)`, applied in order.
+    pub patches: Vec<(u32, u32, String)>,
+}
+
+pub struct Script {
+    pub name: String,
+    pub txns: Vec<Txn>,
+    /// For each agent, its transactions in order.
+    pub by_agent: Vec<Vec<usize>>,
+    pub end_content: String,
+}
+
+#[derive(Deserialize)]
+struct RawTrace {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(rename = "endContent")]
+    end_content: String,
+    txns: Vec<RawTxn>,
+}
+
+#[derive(Deserialize)]
+struct RawTxn {
+    #[serde(default)]
+    parents: Option<Vec<usize>>,
+    #[serde(default)]
+    agent: Option<usize>,
+    patches: Vec<(u32, u32, String)>,
+}
+
+impl Script {
+    /// Loads a trace file (`.json.gz` or `.json`).
+    pub fn load(path: &Path) -> anyhow::Result<Script> {
+        let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let json = if path.extension().is_some_and(|e| e == "gz") {
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(raw.as_slice()).read_to_string(&mut s)?;
+            s
+        } else {
+            String::from_utf8(raw)?
+        };
+        let trace: RawTrace =
+            serde_json::from_str(&json).with_context(|| format!("parsing {}", path.display()))?;
+        let concurrent = trace.kind.as_deref() == Some("concurrent");
+        let txns: Vec<Txn> = trace
+            .txns
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Txn {
+                agent: if concurrent { t.agent.unwrap_or(0) } else { 0 },
+                parents: if concurrent {
+                    t.parents.unwrap_or_default()
+                } else if i == 0 {
+                    vec![]
+                } else {
+                    vec![i - 1]
+                },
+                patches: t.patches,
+            })
+            .collect();
+        let agents = txns.iter().map(|t| t.agent + 1).max().unwrap_or(1);
+        let mut by_agent = vec![Vec::new(); agents];
+        for (i, t) in txns.iter().enumerate() {
+            by_agent[t.agent].push(i);
+        }
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .trim_end_matches(".json.gz")
+            .to_string();
+        Ok(Script {
+            name,
+            txns,
+            by_agent,
+            end_content: trace.end_content,
+        })
+    }
+
+    pub fn agents(&self) -> usize {
+        self.by_agent.len()
+    }
+}
+
+/// A document's replay: the updates produced so far, shared by its agents' editors.
+pub struct Replay {
+    pub script: Arc<Script>,
+    produced: Vec<OnceLock<(Option<UpdateKey>, Vec<u8>)>>,
+}
+
+impl Replay {
+    pub fn new(script: Arc<Script>) -> Arc<Replay> {
+        let produced = (0..script.txns.len()).map(|_| OnceLock::new()).collect();
+        Arc::new(Replay { script, produced })
+    }
+
+    /// Whether every transaction has been produced.
+    pub fn finished(&self) -> bool {
+        self.produced.last().is_none_or(|p| p.get().is_some())
+    }
+}
+
+/// One agent's replica and place in its transactions.
+pub struct Agent {
+    pub replay: Arc<Replay>,
+    pub agent: usize,
+    replica: Doc,
+    merged: Vec<bool>,
+    next: usize,
+}
+
+/// Documents replaying traces count offsets in UTF-16 units, as JavaScript (and the traces) do.
+pub fn trace_doc_options() -> Options {
+    Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    }
+}
+
+impl Agent {
+    pub fn new(replay: Arc<Replay>, agent: usize) -> Agent {
+        let n = replay.script.txns.len();
+        Agent {
+            replay,
+            agent,
+            replica: Doc::with_options(trace_doc_options()),
+            merged: vec![false; n],
+            next: 0,
+        }
+    }
+
+    /// Produces this agent's next transaction, if its ancestors are all available: made by their
+    /// agents (`produced`) and already received (`seen`). Returns its key and update.
+    pub fn next(
+        &mut self,
+        seen: impl Fn(&UpdateKey) -> bool,
+    ) -> Option<(Option<UpdateKey>, Vec<u8>)> {
+        let script = self.replay.script.clone();
+        let &idx = script.by_agent[self.agent].get(self.next)?;
+        for &p in &script.txns[idx].parents {
+            let (key, _) = self.replay.produced[p].get()?;
+            if script.txns[p].agent != self.agent && key.as_ref().is_some_and(|k| !seen(k)) {
+                return None;
+            }
+        }
+        // Merge the ancestors this replica lacks (depth first, so dependencies come first).
+        let mut stack: Vec<usize> = script.txns[idx].parents.clone();
+        let mut order = Vec::new();
+        while let Some(p) = stack.pop() {
+            if self.merged[p] {
+                continue;
+            }
+            self.merged[p] = true;
+            order.push(p);
+            stack.extend(
+                script.txns[p]
+                    .parents
+                    .iter()
+                    .copied()
+                    .filter(|q| !self.merged[*q]),
+            );
+        }
+        {
+            let mut txn = self.replica.transact_mut();
+            for p in order.into_iter().rev() {
+                let (_, bytes) = self.replay.produced[p].get()?;
+                let _ = txn.apply_update(Update::decode_v1(bytes).ok()?);
+            }
+        }
+        let client = self.replica.client_id();
+        let mut txn = self.replica.transact_mut();
+        let clock = txn.state_vector().get(&client);
+        let text = txn.get_or_insert_text(crate::editor::TEXT);
+        for (pos, del, ins) in &script.txns[idx].patches {
+            let len = text.len(&txn);
+            let pos = (*pos).min(len);
+            if *del > 0 {
+                text.remove_range(&mut txn, pos, (*del).min(len - pos));
+            }
+            if !ins.is_empty() {
+                text.insert(&mut txn, pos, ins);
+            }
+        }
+        let update = txn.encode_update_v1();
+        let key = (txn.state_vector().get(&client) != clock).then_some((client.get(), clock));
+        drop(txn);
+        self.merged[idx] = true;
+        self.next += 1;
+        let _ = self.replay.produced[idx].set((key, update.clone()));
+        Some((key, update))
+    }
+}
