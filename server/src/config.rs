@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Start three regions on localhost, meshed through links with simulated latency, and print
+    /// their URLs: the multi-region demo in one command.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Everything `concord serve` accepts.

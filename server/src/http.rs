@@ -5,7 +5,7 @@
 //! - `GET /api/docs/{doc}/update`: the document's state as one Yjs v1 update.
 //! - `GET /api/docs/{doc}/text/{name}`: the plain text of its `Y.Text` root `{name}`.
 //! - `GET /api/status`: node status as JSON.
-//! - `GET /`: the web demo.
+//! - `GET /`, `/app.js`, `/style.css`: the web demo.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +13,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use concord_crdt::{DocName, DocState};
 use tokio::sync::oneshot;
+use tower_http::cors::{Any, CorsLayer};
 use tracing::debug;
 
 use crate::replication::socket::bridge;
@@ -25,13 +26,25 @@ use crate::room::{ReadKind, RoomMsg};
 use crate::{App, connection, replication};
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/", get(demo))
-        .route("/healthz", get(healthz))
+    // The read API and status may be read from another region's page (the demo's replication
+    // panel polls every region): allow cross-origin GETs. They expose nothing a client of the
+    // document could not read anyway.
+    let api = Router::new()
         .route("/api/status", get(status))
         .route("/api/docs/{*rest}", get(doc_read))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET]),
+        );
+    Router::new()
+        .route("/", get(demo))
+        .route("/app.js", get(demo_js))
+        .route("/style.css", get(demo_css))
+        .route("/healthz", get(healthz))
         .route("/ws/{*doc}", get(websocket))
         .route("/peer", get(peer))
+        .merge(api)
         .with_state(app)
 }
 
@@ -134,8 +147,24 @@ async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec
     }))
 }
 
+// The demo is embedded at build time, so the binary serves it from anywhere. `web-demo/dist/`
+// is built by `npm run build` in web-demo/ and committed (tests/browser checks it is current).
 async fn demo() -> Html<&'static str> {
     Html(include_str!("../../web-demo/index.html"))
+}
+
+async fn demo_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../web-demo/dist/app.js"),
+    )
+}
+
+async fn demo_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../web-demo/style.css"),
+    )
 }
 
 /// Validates the name before upgrading, so a bad name costs a 400 and no socket: clients retry

@@ -8,6 +8,7 @@
 //! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
 //! - [`room`]: the actor that owns one document: applies updates, stores them, broadcasts once
 //!   they are durable, tracks presence.
+//! - [`demo`]: `concord demo`, three meshed regions in one process.
 //! - [`delay_proxy`]: a latency-adding, cuttable TCP proxy simulating inter-region links.
 //! - [`memory`]: returns freed memory to the OS after evictions.
 //! - [`replication`]: peer links to other regions: authentication, log streaming with
@@ -22,6 +23,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod delay_proxy;
+pub mod demo;
 pub mod http;
 pub mod memory;
 pub mod node_id;

@@ -24,6 +24,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => {
             concord_server::serve(args, concord_server::shutdown_signal()).await
         }
+        Some(Command::Demo(args)) => {
+            concord_server::demo::run(args, concord_server::shutdown_signal()).await
+        }
     }
 }
 

@@ -321,6 +321,17 @@ impl Room {
                     doc: self.name.clone(),
                     update: self.state.diff(&sv),
                 };
+                // A peer that just opened this document has none of our presence yet (it is only
+                // relayed while the room is live there): send it along, as a Step1 gets it too.
+                if let (Some(aw), Some(hub)) =
+                    (self.state.awareness_states(), self.registry.replication())
+                {
+                    link.try_send(&PeerMessage::Awareness {
+                        doc: self.name.clone(),
+                        path: vec![hub.me.node_id.clone()],
+                        update: aw.encode_v1(),
+                    });
+                }
                 self.effect(outbox, Effect::Peer(link, msg));
             }
             RoomMsg::PeerAwareness { path, update } => self.apply_awareness(None, path, update),

@@ -72,3 +72,23 @@ test('offline edits merge when the client reconnects to another region', async (
   assert.ok(text.includes('start. ') && text.includes('written offline. ') && text.includes('meanwhile in ap. '), text)
   assert.deepEqual(Y.encodeStateVector(roamer.doc), Y.encodeStateVector(local.doc))
 })
+
+test('presence crosses regions, also to a region that opens the document later', async () => {
+  const room = 'node/presence-across'
+  const ann = connect(regions[0].wsUrl, room)
+  open.push(ann)
+  ann.provider.awareness.setLocalStateField('user', { name: 'Ann' })
+  await synced(ann.provider)
+  // Bob's region has not had this document open while Ann announced herself: it learns her
+  // presence when it opens the document, not only at her next change.
+  const bob = connect(regions[1].wsUrl, room)
+  open.push(bob)
+  await synced(bob.provider)
+  const annId = ann.doc.clientID
+  await until(() => bob.provider.awareness.getStates().get(annId)?.user?.name === 'Ann', 5000, 'Ann at Bob')
+  bob.provider.awareness.setLocalStateField('user', { name: 'Bob' })
+  await until(() => ann.provider.awareness.getStates().get(bob.doc.clientID)?.user?.name === 'Bob', 5000, 'Bob at Ann')
+  // Ann leaves: her presence is removed in the other region too.
+  ann.provider.destroy()
+  await until(() => !bob.provider.awareness.getStates().has(annId), 10000, 'Ann removed at Bob')
+})

@@ -220,10 +220,9 @@ async fn write_everywhere_and_count(edges: Vec<(usize, usize)>, name: &str) {
     eprintln!(
         "{name}: {total} replication messages for {updates} updates on {n} nodes (bound {bound})"
     );
-    assert!(
-        total >= updates * (n as u64 - 1),
-        "some node missed updates"
-    );
+    // No lower bound: a client that edits before its first sync sends its edits as one Step2,
+    // and a room that starts asks its peers for what it lacks, so one message may carry many
+    // updates. That every node has every update is what `wait_converged` checked.
     assert!(
         total <= bound,
         "{total} messages for {updates} updates: looping?"

@@ -51,6 +51,8 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     *stats.region.lock().unwrap() = peer.region.clone();
     *stats.url.lock().unwrap() = peer.url.clone();
     stats.connected.store(true, Ordering::Relaxed);
+    // What an earlier link had in flight is sent again from the cursor by this one.
+    stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
 
     let cursor = match hub.store.peer_cursors().await {
@@ -116,7 +118,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
                 }
             }
             PeerMessage::Ack { seq } => {
-                stats.acked.fetch_max(seq, Ordering::Relaxed);
+                stats.acknowledged(seq);
                 acked_tx.send_if_modified(|acked| {
                     let newer = seq > *acked;
                     if newer {

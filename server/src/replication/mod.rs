@@ -25,9 +25,10 @@ pub mod link;
 pub mod socket;
 pub mod stream;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use concord_crdt::yrs::StateVector;
@@ -77,6 +78,29 @@ pub struct PeerStats {
     pub sent_bytes: AtomicU64,
     pub received_updates: AtomicU64,
     pub received_bytes: AtomicU64,
+    /// Updates sent on the live link and not yet acknowledged, with when they were sent (at most
+    /// the stream's window). The oldest one's age is the peer's replication lag.
+    pub in_flight: Mutex<VecDeque<(Seq, Instant)>>,
+}
+
+impl PeerStats {
+    /// Records that the peer acknowledged everything up to `seq`.
+    pub fn acknowledged(&self, seq: Seq) {
+        self.acked.fetch_max(seq, Ordering::Relaxed);
+        let mut in_flight = self.in_flight.lock().unwrap();
+        while in_flight.front().is_some_and(|(s, _)| *s <= seq) {
+            in_flight.pop_front();
+        }
+    }
+
+    /// How long the oldest unacknowledged update has been waiting for the peer (0 when it has
+    /// everything that was sent).
+    fn lag(&self) -> Duration {
+        let in_flight = self.in_flight.lock().unwrap();
+        in_flight
+            .front()
+            .map_or(Duration::ZERO, |(_, t)| t.elapsed())
+    }
 }
 
 /// A configured peer URL and what dialing it has found out.
@@ -304,12 +328,17 @@ fn peer_json(
         "url": url,
         "node_id": id.map(|i| i.as_str()),
         "region": stats.map(|s| s.region.lock().unwrap().clone()),
+        // The URL the peer advertises for its clients (the dialed URL may be a proxy).
+        "public_url": stats.map(|s| s.url.lock().unwrap().clone()).filter(|u| !u.is_empty()),
         "direction": direction,
         "connected": connected,
         "last_contact_ms": last_contact,
         "last_contact_ago_ms": last_contact.map(|t| now_ms().saturating_sub(t)),
         "acked_seq": acked,
         "backlog": committed.saturating_sub(acked),
+        // Replication lag: how long the oldest update sent and not yet durable at the peer has
+        // waited (0 when it has everything sent; null while the link is down).
+        "lag_ms": stats.filter(|_| connected).map(|s| s.lag().as_millis() as u64),
         "sent_updates": counter(|s| &s.sent_updates),
         "sent_bytes": counter(|s| &s.sent_bytes),
         "received_updates": counter(|s| &s.received_updates),

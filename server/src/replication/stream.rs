@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use concord_crdt::PeerMessage;
@@ -117,6 +118,11 @@ impl Stream {
             update: e.update.to_vec(),
         };
         self.put(msg.encode()).await?;
+        self.stats
+            .in_flight
+            .lock()
+            .unwrap()
+            .push_back((e.seq, Instant::now()));
         self.stats.sent_updates.fetch_add(1, Ordering::Relaxed);
         self.skipped = false;
         Ok(())

@@ -1,0 +1,105 @@
+//! `concord demo`: three regions on localhost in one process, meshed through links that add
+//! simulated one-way latency, so a browser can watch multi-leader replication: open two regions
+//! side by side, type in both, go offline in one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::future::try_join_all;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeArgs;
+use crate::delay_proxy::DelayProxy;
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// One-way latency added between regions.
+    #[arg(long, env = "CONCORD_DEMO_LATENCY", default_value = "80ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// Address of the first region; the others listen on the next ports (port 0: any free ports).
+    #[arg(long, env = "CONCORD_DEMO_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// Directory for the regions' data (one subdirectory each).
+    #[arg(long, env = "CONCORD_DEMO_DATA_DIR", default_value = "./data/demo")]
+    pub data_dir: PathBuf,
+
+    /// Region names, comma-separated.
+    #[arg(long, env = "CONCORD_DEMO_REGIONS", value_delimiter = ',', default_value = "eu,us,ap")]
+    pub regions: Vec<String>,
+}
+
+pub async fn run(
+    args: DemoArgs,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let n = args.regions.len();
+    anyhow::ensure!(n >= 2, "a demo needs at least two regions");
+    let mut listeners = Vec::new();
+    for i in 0..n {
+        let mut addr = args.listen;
+        if addr.port() != 0 {
+            addr.set_port(addr.port() + i as u16);
+        }
+        listeners.push(TcpListener::bind(addr).await?);
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
+    // One proxy per pair, dialed by the lower-numbered region; links carry both directions.
+    let mut proxies = Vec::new();
+    let mut peers = vec![Vec::new(); n];
+    for (i, dialer) in peers.iter_mut().enumerate() {
+        for target in &addrs[i + 1..] {
+            let p = DelayProxy::start("127.0.0.1:0".parse()?, *target, args.latency).await?;
+            dialer.push(format!("http://{}", p.addr));
+            proxies.push(p);
+        }
+    }
+    let secret = format!("demo-{:016x}", rand::random::<u64>());
+    let shutdown = CancellationToken::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let name = &args.regions[i];
+        let data = args.data_dir.join(name);
+        let mut argv = vec![
+            "concord".to_string(),
+            format!("--region={name}"),
+            format!("--node-id={name}"),
+            format!("--data-dir={}", data.display()),
+            format!("--listen={}", addrs[i]),
+            format!("--public-url=http://{}", addrs[i]),
+            format!("--peer-secret={secret}"),
+        ];
+        if !peers[i].is_empty() {
+            argv.push(format!("--peers={}", peers[i].join(",")));
+        }
+        let config = ServeArgs::parse_from(argv);
+        servers.push(crate::serve_on(
+            listener,
+            config,
+            shutdown.clone().cancelled_owned(),
+        ));
+    }
+    println!(
+        "Concord demo: {n} regions, {} one way between them. Open two side by side:",
+        humantime::format_duration(args.latency)
+    );
+    for (name, addr) in args.regions.iter().zip(&addrs) {
+        println!("  region {name}: http://{addr}/?doc=demo&region={name}");
+    }
+    println!("Ctrl-C stops everything.");
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        stop.await;
+        trigger.cancel();
+    });
+    try_join_all(servers).await?;
+    drop(proxies);
+    Ok(())
+}

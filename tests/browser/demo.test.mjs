@@ -1,0 +1,202 @@
+// The web demo in a real browser (Debian's Chromium, driven by playwright-core) against
+// `concord demo`: three regions in one process, 80 ms apart.
+//
+// Each scene is one page holding two windows side by side (iframes), each on a different region,
+// like a person trying the demo with two browser windows. Typing goes through the keyboard.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+const bin = process.env.CONCORD_BIN ? path.resolve(root, process.env.CONCORD_BIN) : path.join(root, 'target/release/concord')
+const artifacts = path.join(root, 'target/browser-artifacts')
+
+let demo
+let dataDir
+let regions = {}
+let browser
+const consoleErrors = []
+
+before(async () => {
+  dataDir = mkdtempSync(path.join(tmpdir(), 'concord-demo-'))
+  demo = spawn(bin, ['demo', '--listen', '127.0.0.1:0', '--latency', '80ms', '--data-dir', dataDir], {
+    env: { ...process.env, RUST_LOG: 'warn', NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  await new Promise((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error('demo did not start')), 60000)
+    demo.on('exit', (code) => reject(new Error(`demo exited with ${code}`)))
+    demo.stdout.on('data', (chunk) => {
+      buf += chunk
+      for (const m of buf.matchAll(/region (\w+): (http:\/\/[\d.:]+)\//g)) regions[m[1]] = m[2]
+      if (Object.keys(regions).length === 3) { clearTimeout(timer); resolve() }
+    })
+  })
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-component-update', '--disable-sync', '--no-first-run']
+  })
+  mkdirSync(artifacts, { recursive: true })
+})
+
+after(async () => {
+  await browser?.close()
+  if (demo && demo.exitCode === null) {
+    const exited = new Promise((resolve) => demo.once('exit', resolve))
+    demo.kill('SIGINT')
+    await exited
+  }
+  rmSync(dataDir, { recursive: true, force: true })
+})
+
+/** One browser window on `region`, showing `doc`, as user `name`. Waits until synced. */
+async function open (region, doc, name, viewport = { width: 900, height: 700 }) {
+  const page = await browser.newPage({ viewport })
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`${region}: ${m.text()}`) })
+  page.on('pageerror', (e) => consoleErrors.push(`${region}: ${e}`))
+  await page.goto(`${regions[region]}/?${new URLSearchParams({ doc, region, name })}`)
+  await page.waitForSelector('#connection[data-state="synced"]', { timeout: 30000 })
+  return page
+}
+
+/** Two windows of `doc`, on two regions. */
+async function scene (doc, [a, nameA], [b, nameB]) {
+  return { left: await open(a, doc, nameA), right: await open(b, doc, nameB) }
+}
+
+/** The two windows side by side in one picture, as a person would see them on screen. */
+async function screenshot (left, right, file) {
+  await new Promise((resolve) => setTimeout(resolve, 1500)) // presence and the replication panel settle
+  const shots = await Promise.all([left, right].map(async (p) => (await p.screenshot({ fullPage: true })).toString('base64')))
+  const page = await browser.newPage({ viewport: { width: 1808, height: 800 } })
+  await page.setContent(`<!doctype html><style>body{margin:0;display:flex;align-items:flex-start;gap:8px;background:#777}</style>
+    ${shots.map((b64) => `<img src="data:image/png;base64,${b64}">`).join('')}`)
+  await page.screenshot({ path: path.join(artifacts, file), fullPage: true })
+  await page.close()
+}
+
+const text = (page) => page.evaluate(() => window.concord.ytext.toString())
+
+/** The text the editor displays, without the remote carets and name labels drawn inside it. */
+const shown = (page) => page.evaluate(() => {
+  const content = document.querySelector('.cm-content').cloneNode(true)
+  for (const w of content.querySelectorAll('.cm-ySelectionCaret')) w.remove()
+  return [...content.querySelectorAll('.cm-line')].map((l) => l.textContent).join('\n')
+})
+
+async function type (page, words, delay = 20) {
+  await page.click('.cm-content')
+  await page.keyboard.press('Control+End')
+  await page.keyboard.type(words, { delay })
+}
+
+async function converged (left, right, ms = 30000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const [l, r] = [await text(left), await text(right)]
+    if (l === r) return l
+    if (Date.now() > deadline) throw new Error(`not converged:\n${l}\n---\n${r}`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+test('two windows on two regions type at once and end with the same text', async () => {
+  const { left, right } = await scene('browser/concurrent', ['eu', 'Ann'], ['us', 'Bob'])
+  const wordsA = ['apple', 'avocado', 'apricot', 'almond', 'acerola']
+  const wordsB = ['banana', 'blueberry', 'blackberry', 'brazil', 'bilberry']
+  // Two people typing at the same time, each in their own window and region.
+  await Promise.all([
+    type(left, wordsA.map((w) => ` ${w}`).join('')),
+    type(right, wordsB.map((w) => ` ${w}`).join(''))
+  ])
+  const final = await converged(left, right)
+  for (const w of [...wordsA, ...wordsB]) assert.ok(final.includes(w), `${w} missing from ${final}`)
+  // What the editors show is the shared text, in both windows.
+  for (const page of [left, right]) assert.equal(await shown(page), final)
+  // Each window lists the other user, who is connected to the other region.
+  await left.waitForSelector('#presence li:has-text("Bob")', { timeout: 10000 })
+  await right.waitForSelector('#presence li:has-text("Ann")', { timeout: 10000 })
+  await screenshot(left, right, 'two-regions.png')
+  await left.close()
+  await right.close()
+})
+
+test('offline edits merge when the window comes back', async () => {
+  const { left, right } = await scene('browser/offline', ['eu', 'Ann'], ['ap', 'Cy'])
+  await type(left, 'shared start.')
+  await converged(left, right)
+
+  await left.click('#offline')
+  await left.waitForSelector('#connection[data-state="offline"]')
+  await type(left, ' written while offline.')
+  await type(right, ' written online in ap.')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  assert.ok(!(await text(right)).includes('offline'), 'the offline edit must not have left the window')
+
+  await left.click('#offline')
+  await left.waitForSelector('#connection[data-state="synced"]', { timeout: 30000 })
+  const final = await converged(left, right)
+  assert.ok(final.includes('written while offline.') && final.includes('written online in ap.'), final)
+  await left.close()
+  await right.close()
+})
+
+test('presence: each window lists the other user and shows their cursor', async () => {
+  const { left, right } = await scene('browser/presence', ['eu', 'Ann'], ['us', 'Bob'])
+  await type(right, 'Bob was here')
+  await left.waitForSelector('#presence li:has-text("Bob")', { timeout: 30000 })
+  await right.waitForSelector('#presence li:has-text("Ann")', { timeout: 30000 })
+  await right.waitForSelector('#presence li:has-text("Bob (you)")')
+  await left.waitForSelector('#presence li:has-text("Ann (you)")')
+  // Bob's caret, labelled with his name, is drawn in Ann's editor.
+  await left.locator('.cm-ySelectionInfo', { hasText: 'Bob' }).waitFor({ state: 'attached', timeout: 30000 })
+  await left.close()
+  await right.close()
+})
+
+test('undo reverts only your own edits', async () => {
+  const { left, right } = await scene('browser/undo', ['eu', 'Ann'], ['us', 'Bob'])
+  await type(left, 'mine')
+  await converged(left, right)
+  await type(right, ' theirs')
+  await left.waitForFunction(() => window.concord.ytext.toString().includes('theirs'))
+  await left.click('#undo')
+  const final = await converged(left, right)
+  assert.ok(!final.includes('mine') && final.includes('theirs'), final)
+  await left.close()
+  await right.close()
+})
+
+test('the replication panel shows every region linked', async () => {
+  const page = await open('us', 'browser/panel', 'Dee')
+  await page.waitForFunction(() => document.querySelectorAll('#replication section').length === 3)
+  await page.waitForFunction(() => document.querySelectorAll('#replication li.up').length === 6, null, { timeout: 20000 })
+  // This page's region first, then the others by name.
+  assert.deepEqual(await page.locator('#region option').allTextContents(), ['us', 'ap', 'eu'])
+  await page.close()
+})
+
+test('works at a narrow width with sensible focus', async () => {
+  const page = await open('eu', 'browser/narrow', 'Eve', { width: 380, height: 740 })
+  // The editor has focus on load and the page fits the viewport (no horizontal scrolling).
+  assert.ok(await page.evaluate(() => document.activeElement.closest('.cm-editor') !== null))
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)
+  assert.ok(overflow <= 0, `page overflows horizontally by ${overflow}px`)
+  // Tab from the document field reaches the next control.
+  await page.focus('#doc')
+  await page.keyboard.press('Tab')
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Open')
+  await page.screenshot({ path: path.join(artifacts, 'narrow.png') })
+  await page.close()
+})
+
+test('no console errors in any window', () => {
+  assert.deepEqual(consoleErrors, [])
+})
