@@ -1,35 +1,29 @@
-//! Outgoing y-websocket frames. Each function returns exactly one message, because v1–v3 clients
-//! read only the first message of a frame (`PROTOCOL.md`).
+//! Outgoing y-websocket frames, encoded by `yrs::sync` ([`Message`], [`SyncMessage`]). Each
+//! function returns exactly one message, because v1–v3 clients read only the first message of a
+//! frame (`PROTOCOL.md`).
 
 use yrs::StateVector;
 use yrs::encoding::write::Write;
 use yrs::sync::awareness::AwarenessUpdate;
+use yrs::sync::{Message, SyncMessage};
 use yrs::updates::encoder::Encode;
 
-use crate::message::{MSG_AUTH, MSG_AWARENESS, MSG_SYNC, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
-
-fn sync(sub: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.write_var(MSG_SYNC);
-    out.write_var(sub);
-    out.write_buf(payload);
-    out
-}
+use crate::message::MSG_AWARENESS;
 
 /// `[0, 0, sv]`: our state vector; the client answers with the edits we lack.
 pub fn sync_step1(sv: &StateVector) -> Vec<u8> {
-    sync(SYNC_STEP1, &sv.encode_v1())
+    Message::Sync(SyncMessage::SyncStep1(sv.clone())).encode_v1()
 }
 
 /// `[0, 1, update]`: the answer to a Step1. Sent even when `update` holds nothing new, because
 /// clients only mark themselves synced on receiving it.
 pub fn sync_step2(update: &[u8]) -> Vec<u8> {
-    sync(SYNC_STEP2, update)
+    Message::Sync(SyncMessage::SyncStep2(update.to_vec())).encode_v1()
 }
 
 /// `[0, 2, update]`: a live edit.
 pub fn update(update: &[u8]) -> Vec<u8> {
-    sync(SYNC_UPDATE, update)
+    Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1()
 }
 
 /// `[1, awareness]`: presence states.
@@ -37,7 +31,8 @@ pub fn awareness(update: &AwarenessUpdate) -> Vec<u8> {
     awareness_payload(&update.encode_v1())
 }
 
-/// `[1, payload]` for an already encoded awareness payload.
+/// `[1, payload]` for an already encoded awareness payload (presence relayed between regions
+/// arrives encoded; `Message::Awareness` would need it decoded first only to encode it again).
 pub fn awareness_payload(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.write_var(MSG_AWARENESS);
@@ -51,9 +46,34 @@ pub const KEEPALIVE: [u8; 3] = [1, 1, 0];
 
 /// `[2, 0, reason]`: permission denied (clients only log it).
 pub fn permission_denied(reason: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.write_var(MSG_AUTH);
-    out.write_var(0u8);
-    out.write_string(reason);
-    out
+    Message::Auth(Some(reason.to_string())).encode_v1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+
+    #[test]
+    fn yrs_reads_every_frame_we_write() {
+        let mut a = yrs::sync::Awareness::new(yrs::Doc::with_client_id(3));
+        a.set_local_state_raw(r#"{"user":"ann"}"#);
+        let aw = a.update().unwrap();
+        assert!(matches!(
+            Message::decode_v1(&awareness(&aw)).unwrap(),
+            Message::Awareness(u) if u.clients.len() == 1
+        ));
+        assert!(matches!(
+            Message::decode_v1(&KEEPALIVE).unwrap(),
+            Message::Awareness(u) if u.clients.is_empty()
+        ));
+        assert!(matches!(
+            Message::decode_v1(&update(&[0, 0])).unwrap(),
+            Message::Sync(SyncMessage::Update(u)) if u == [0, 0]
+        ));
+        assert!(matches!(
+            Message::decode_v1(&permission_denied("no")).unwrap(),
+            Message::Auth(Some(r)) if r == "no"
+        ));
+    }
 }

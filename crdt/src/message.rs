@@ -9,6 +9,11 @@
 //! this module adds validation that `yrs` leaves to the caller: awareness client ids must fit in
 //! 53 bits (JavaScript numbers) and awareness states must be JSON, because every other client in
 //! the room will `JSON.parse` them.
+//!
+//! The framing itself is read here rather than by `yrs::sync::MessageReader`, because that
+//! decodes a Step1's state vector and an awareness payload as it reads them, before their
+//! declared entry counts can be checked against the bytes that follow (a 6-byte frame could make
+//! it allocate hundreds of MB). Outgoing frames are `yrs::sync::Message`s ([`crate::encode`]).
 
 use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Error as ReadError, Read};

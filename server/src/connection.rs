@@ -59,6 +59,24 @@ impl ClientHandle {
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         self.control.close(code, reason);
     }
+
+    /// A member with no socket behind it, for benchmarks and tests that drive a room directly:
+    /// the frames the room sends it arrive on the receiver of `out` (whoever holds it plays the
+    /// writer task), and a close is recorded in `control` (its reason and cancelled token).
+    /// `peer` only appears in logs.
+    pub fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        out: mpsc::Sender<Bytes>,
+        control: Arc<Control>,
+    ) -> Self {
+        ClientHandle {
+            id,
+            peer,
+            out,
+            control,
+        }
+    }
 }
 
 /// Serves one upgraded socket until it closes.
@@ -88,9 +106,9 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
     let _keep_queue_open = client.clone();
     match app.registry.join(&doc, client).await {
         Ok(room) => {
-            read_loop(&mut stream, &doc, peer, id, &room.tx, &control).await;
+            read_loop(&mut stream, &doc, peer, id, &room, &control).await;
             // Tell the room even when the reader ended because the room is gone: harmless.
-            let _ = room.tx.send(RoomMsg::Leave { id }).await;
+            let _ = room.send(RoomMsg::Leave { id }).await;
         }
         Err(JoinError::Load(reason)) => {
             warn!(%doc, %peer, %reason, "document could not be loaded; closing the connection");
@@ -104,13 +122,16 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
         }
     }
     control.token().cancel();
-    let _ = writer.await;
+    let close_sent = writer.await.unwrap_or(false);
     // The close frame is out. Read until the client answers it, so the socket is not torn down
     // with unread data (the kernel would then reset it and the client would lose the close code).
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(_)) = stream.next().await {}
-    })
-    .await;
+    // A client that could not even take the close frame is let go at once.
+    if close_sent {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
     app.connections.fetch_sub(1, Ordering::Relaxed);
     debug!(%doc, %peer, id, "disconnected");
 }
@@ -183,12 +204,32 @@ fn message_too_long(e: axum::Error) -> Option<String> {
 /// busy connection monopolise its worker.
 const WRITE_BATCH: usize = 64;
 
+/// Sends the close frame `control` recorded (1001 if none: the server is stopping). Returns
+/// whether it went out.
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, control: &Control) -> bool {
+    let (code, reason) = control
+        .reason()
+        .unwrap_or((close_code::AWAY, "server is shutting down".into()));
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // A dead or slow peer may never take the close frame; do not wait on it long.
+    matches!(
+        tokio::time::timeout(CLOSE_SEND, sink.send(Message::Close(Some(frame)))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// How long a close frame may take to leave: a client that stopped reading never takes it.
+const CLOSE_SEND: Duration = Duration::from_secs(2);
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Bytes>,
     control: Arc<Control>,
     ping_interval: Duration,
-) {
+) -> bool {
     let half = ping_interval / 2;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,45 +238,49 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
-            _ = control.token().cancelled() => {
-                let (code, reason) = control.reason()
-                    .unwrap_or((close_code::AWAY, "server is shutting down".into()));
-                let frame = CloseFrame { code, reason: reason.into() };
-                // A dead or slow peer may never take the close frame; do not wait on it long.
-                let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
-                return;
-            }
+            _ = control.token().cancelled() => return send_close(&mut sink, &control).await,
             frame = rx.recv() => {
-                let Some(frame) = frame else { return };
-                let mut ok = sink.feed(Message::Binary(frame)).await.is_ok();
-                let mut n = 1;
-                while ok && n < WRITE_BATCH {
-                    let Ok(frame) = rx.try_recv() else { break };
-                    ok = sink.feed(Message::Binary(frame)).await.is_ok();
-                    n += 1;
-                }
-                if !ok || sink.flush().await.is_err() {
+                let Some(frame) = frame else { return false };
+                // A client that stopped reading blocks the write once the kernel buffer is full.
+                // Race it against the end of the connection, so a dropped client (room queue
+                // full, shutdown, dead) is let go at once instead of when TCP gives up.
+                let write = async {
+                    sink.feed(Message::Binary(frame)).await?;
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(frame) = rx.try_recv() else { break };
+                        sink.feed(Message::Binary(frame)).await?;
+                    }
+                    sink.flush().await
+                };
+                let written = tokio::select! {
+                    r = write => r.is_ok(),
+                    _ = control.token().cancelled() => false,
+                };
+                if !written {
                     control.token().cancel();
-                    return;
+                    // Try the close frame anyway: it goes out if the socket drains in time.
+                    return send_close(&mut sink, &control).await;
                 }
                 sent_data = true;
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if !sent_data && sink.send(Message::Binary(Bytes::from_static(&encode::KEEPALIVE))).await.is_err() {
+                if ticks.is_multiple_of(2) && control.silent_for() > ping_interval * 2 {
+                    info!("no answer for {:?}; closing dead connection", control.silent_for());
                     control.token().cancel();
-                    return;
+                    return false;
                 }
+                let keepalive = (!sent_data).then(|| Message::Binary(Bytes::from_static(&encode::KEEPALIVE)));
+                let ping = ticks.is_multiple_of(2).then(|| Message::Ping(Bytes::new()));
                 sent_data = false;
-                if ticks.is_multiple_of(2) {
-                    if control.silent_for() > ping_interval * 2 {
-                        info!("no answer for {:?}; closing dead connection", control.silent_for());
+                for msg in keepalive.into_iter().chain(ping) {
+                    let sent = tokio::select! {
+                        r = sink.send(msg) => r.is_ok(),
+                        _ = control.token().cancelled() => false,
+                    };
+                    if !sent {
                         control.token().cancel();
-                        return;
-                    }
-                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        control.token().cancel();
-                        return;
+                        return send_close(&mut sink, &control).await;
                     }
                 }
             }

@@ -19,7 +19,7 @@ use axum::routing::get;
 use concord_crdt::{DocName, DocState};
 use tokio::sync::oneshot;
 use tower_http::cors::{Any, CorsLayer};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::replication::socket::bridge;
 use crate::room::{ReadKind, RoomMsg};
@@ -64,22 +64,37 @@ async fn status(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
     axum::Json(status)
 }
 
-/// Largest message on a peer link: a state-vector answer can carry a whole document.
-const PEER_MAX_MESSAGE: usize = 256 * 1024 * 1024;
-
 /// A peer node's link. Authentication happens over the socket (challenge/response), so the
-/// upgrade itself is open; an unauthenticated socket is closed with 1008.
+/// upgrade is open to anyone when this node has a secret, but only to a few at a time: until it
+/// authenticates, a socket may buffer one message of up to [`replication::PEER_MAX_MESSAGE`].
+/// A node without `--peer-secret` refuses before the upgrade.
 async fn peer(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let hub = app.replication.clone();
-    ws.max_message_size(PEER_MAX_MESSAGE)
-        .max_frame_size(PEER_MAX_MESSAGE)
+    if hub.secret().is_none() {
+        warn!(%remote, "peer link refused: this node has no --peer-secret");
+        return (
+            StatusCode::FORBIDDEN,
+            "peer links are disabled on this node (no --peer-secret)",
+        )
+            .into_response();
+    }
+    let Some(slot) = hub.handshake_slot() else {
+        debug!(%remote, "too many peer handshakes at once; refused");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many peer handshakes in progress; retry",
+        )
+            .into_response();
+    };
+    ws.max_message_size(replication::PEER_MAX_MESSAGE)
+        .max_frame_size(replication::PEER_MAX_MESSAGE)
         .on_upgrade(move |socket| {
             let sock = bridge(socket, hub.shutdown.child_token());
-            replication::link::accept(hub, sock, remote)
+            replication::link::accept(hub, sock, remote, slot)
         })
 }
 

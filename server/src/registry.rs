@@ -87,17 +87,23 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.tasks
-            .spawn(Room::run(name.clone(), generation, self.clone(), rx));
+        self.tasks.spawn(Room::run(
+            name.clone(),
+            generation,
+            self.clone(),
+            tx.downgrade(),
+            rx,
+        ));
         RoomHandle { tx, generation }
     }
 
-    /// Joins `client` to the room of `name` once the document is loaded.
+    /// Joins `client` to the room of `name` once the document is loaded. Returns the inbox of
+    /// the room it joined.
     pub async fn join(
         self: &Arc<Self>,
         name: &DocName,
         client: ClientHandle,
-    ) -> Result<RoomHandle, JoinError> {
+    ) -> Result<mpsc::Sender<RoomMsg>, JoinError> {
         for _ in 0..JOIN_RETRIES {
             if self.shutdown.is_cancelled() {
                 return Err(JoinError::Unavailable);
@@ -116,7 +122,7 @@ impl Registry {
                 continue; // the room closed between lookup and send
             }
             match answer.await {
-                Ok(Ok(())) => return Ok(room),
+                Ok(Ok(inbox)) => return Ok(inbox),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => continue, // the room was evicted with our join queued
             }
@@ -145,6 +151,15 @@ impl Registry {
             .get(name)
             .map(|h| h.clone())
             .filter(|h| !h.tx.is_closed())
+    }
+
+    /// Every live document and its room's inbox (a snapshot: rooms come and go meanwhile).
+    pub fn live_rooms(&self) -> Vec<(DocName, mpsc::Sender<RoomMsg>)> {
+        self.docs
+            .iter()
+            .filter(|e| !e.tx.is_closed())
+            .map(|e| (e.key().clone(), e.tx.clone()))
+            .collect()
     }
 
     /// Number of live documents.

@@ -30,14 +30,16 @@ use tracing::{debug, error, info, warn};
 use crate::connection::{CLOSE_TOO_SLOW, ClientHandle, ConnId, SendError};
 use crate::registry::{JoinError, Registry};
 use crate::replication::LinkHandle;
-use crate::store::{Append, Commit, Durability, LogTail, Seq, StoreError};
+use crate::store::{Append, Commit, Durability, LogTail, Seq, SharedStore, StoreError};
 
 /// Messages a room accepts.
 pub enum RoomMsg {
     /// A connection joins: the room sends it Step1 and the awareness states, then replies.
     Join {
         client: ClientHandle,
-        reply: oneshot::Sender<Result<(), JoinError>>,
+        /// Answered with the inbox of the room that took the join: not always the one the
+        /// join was sent to (a room being evicted hands its queued joins to its successor).
+        reply: oneshot::Sender<Result<mpsc::Sender<RoomMsg>, JoinError>>,
     },
     /// A connection ended: forget it and broadcast the removal of its awareness states.
     Leave { id: ConnId },
@@ -55,6 +57,8 @@ pub enum RoomMsg {
     },
     /// A peer's state vector for this document: answer with what it lacks.
     PeerSync { link: LinkHandle, sv: StateVector },
+    /// A link to a peer came up: our state vector (encoded), for it to answer with what we lack.
+    StateVector { reply: oneshot::Sender<Vec<u8>> },
     /// Presence relayed from a peer region.
     PeerAwareness {
         path: Vec<NodeId>,
@@ -153,6 +157,9 @@ enum Stop {
 pub struct Room {
     name: DocName,
     generation: u64,
+    /// This room's own inbox, handed to connections that join. Weak, so that the room does not
+    /// keep its own channel open.
+    inbox: mpsc::WeakSender<RoomMsg>,
     registry: Arc<Registry>,
     members: HashMap<ConnId, Member>,
     state: DocState,
@@ -160,8 +167,8 @@ pub struct Room {
     exists: bool,
     /// Log written since the last snapshot, to decide when to compact.
     tail: LogTail,
-    /// When peers were last asked to fill a gap.
-    last_repair: Option<Instant>,
+    /// While some update waits for missing dependencies: when to ask the peers again.
+    repair_due: Option<Instant>,
 }
 
 impl Room {
@@ -172,6 +179,7 @@ impl Room {
         name: DocName,
         generation: u64,
         registry: Arc<Registry>,
+        inbox: mpsc::WeakSender<RoomMsg>,
         mut rx: mpsc::Receiver<RoomMsg>,
     ) {
         let loaded = match registry.store.load(&name).await {
@@ -189,7 +197,7 @@ impl Room {
                 // and leave, so a later connection tries the load again.
                 error!(doc = %name, %reason, "document load failed");
                 registry.remove_if_current(&name, generation);
-                refuse_all(&mut rx, JoinError::Load(reason)).await;
+                refuse_all(&mut rx, JoinError::Load(reason), &name, &registry.store).await;
                 return;
             }
         };
@@ -200,12 +208,13 @@ impl Room {
         let mut room = Room {
             name,
             generation,
+            inbox,
             registry,
             members: HashMap::new(),
             state,
             exists,
             tail,
-            last_repair: None,
+            repair_due: None,
         };
         let mut outbox = Outbox::default();
         let stop = room.serve(&mut rx, &mut outbox).await;
@@ -236,6 +245,7 @@ impl Room {
                     }
                     idle_since = None;
                 }
+                _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
                 _ = shutdown.cancelled() => return Stop::Shutdown,
             }
         }
@@ -280,12 +290,17 @@ impl Room {
             m.client
                 .close(close_code::ERROR, format!("storage failure: {e}"));
         }
-        refuse_all(rx, JoinError::Load(format!("storage failure: {e}"))).await;
+        let error = JoinError::Load(format!("storage failure: {e}"));
+        refuse_all(rx, error, &self.name, &self.registry.store).await;
     }
 
     async fn handle(&mut self, msg: RoomMsg, outbox: &mut Outbox) -> Result<(), StoreError> {
         match msg {
             RoomMsg::Join { client, reply } => {
+                // Without a live inbox the room is ending: dropping `reply` makes the join retry.
+                let Some(inbox) = self.inbox.upgrade() else {
+                    return Ok(());
+                };
                 let id = client.id;
                 self.members.insert(
                     id,
@@ -301,7 +316,7 @@ impl Room {
                 if let Some(aw) = self.state.awareness_states() {
                     self.send_to(id, Bytes::from(encode::awareness(&aw)));
                 }
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(inbox));
             }
             RoomMsg::Leave { id } => self.remove_member(id),
             RoomMsg::Frame { id, msgs } => {
@@ -335,6 +350,9 @@ impl Room {
                 self.effect(outbox, Effect::Peer(link, msg));
             }
             RoomMsg::PeerAwareness { path, update } => self.apply_awareness(None, path, update),
+            RoomMsg::StateVector { reply } => {
+                let _ = reply.send(self.state.state_vector().encode_v1());
+            }
             RoomMsg::Read { kind, reply } => {
                 let answer = self.exists.then(|| match kind {
                     ReadKind::Update => self.state.full_state(),
@@ -428,19 +446,22 @@ impl Room {
             Durability::Async => self.broadcast(frame),
         }
         outbox.0.push_back(Pending { commit, then });
-        self.repair_gaps();
+        if self.repair_due.is_none() {
+            self.repair_gaps();
+        }
         self.maybe_compact(outbox).await
     }
 
     /// Updates waiting for ones they depend on (delivered out of order by different links):
-    /// ask the peers for what is missing rather than wait for the log to bring it.
+    /// ask the peers for what is missing rather than wait for the log to bring it, and again
+    /// every [`REPAIR_EVERY`] until nothing is missing (an answer can be lost on a busy link).
     fn repair_gaps(&mut self) {
-        if !self.state.has_pending() || self.last_repair.is_some_and(|t| t.elapsed() < REPAIR_EVERY)
-        {
+        self.repair_due = None;
+        if !self.state.has_pending() {
             return;
         }
         if let Some(hub) = self.registry.replication() {
-            self.last_repair = Some(Instant::now());
+            self.repair_due = Some(Instant::now() + REPAIR_EVERY);
             debug!(doc = %self.name, "updates wait for missing dependencies; asking peers");
             hub.offer_sync(&self.name, &self.state.state_vector());
         }
@@ -590,11 +611,38 @@ impl Room {
 }
 
 /// Answers every queued join with `error` and drops everything else, then closes the inbox.
-async fn refuse_all(rx: &mut mpsc::Receiver<RoomMsg>, error: JoinError) {
+///
+/// Updates from peers are not refused: the document cannot be served here, but other regions
+/// must not stall behind it (a link acknowledges in order) and nothing may be lost. They go
+/// straight to the log, which a load reads once the document is readable again and which relays
+/// them onward; the link acknowledges them once they are durable.
+async fn refuse_all(
+    rx: &mut mpsc::Receiver<RoomMsg>,
+    error: JoinError,
+    doc: &DocName,
+    store: &SharedStore,
+) {
     rx.close();
     while let Some(msg) = rx.recv().await {
-        if let RoomMsg::Join { reply, .. } = msg {
-            let _ = reply.send(Err(error.clone()));
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            RoomMsg::Replicated { update, path, done } => {
+                let append = Append {
+                    doc: doc.clone(),
+                    update: Bytes::from(update.bytes),
+                    path,
+                };
+                let stored = match store.append(append).await {
+                    Ok(commit) => matches!(commit.await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                if stored && let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -57,10 +57,50 @@ export async function startServer (args = [], { dataDir } = {}) {
   }
 }
 
-/** A y-websocket provider exactly as applications create one, on a fresh Y.Doc. */
+/**
+ * Starts `concord demo`: three regions (eu, us, ap) meshed through links adding `latency` one
+ * way. Resolves with each region's URLs once all are listening.
+ */
+export async function startRegions (latency = '50ms') {
+  const dir = mkdtempSync(path.join(tmpdir(), 'concord-regions-'))
+  const child = spawn(concordBin, ['demo', '--listen', '127.0.0.1:0', '--latency', latency, '--data-dir', dir], {
+    env: { ...process.env, RUST_LOG: process.env.CONCORD_TEST_LOG ?? 'warn', NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  const regions = await new Promise((resolve, reject) => {
+    const found = []
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error('regions did not start in 60 s')), 60000)
+    child.on('exit', (code) => reject(new Error(`concord demo exited with ${code}`)))
+    child.stdout.on('data', (chunk) => {
+      buf += chunk
+      for (const m of buf.matchAll(/region (\w+): http:\/\/([\d.:]+)\//g)) {
+        if (!found.some((r) => r.name === m[1])) found.push({ name: m[1], addr: m[2], wsUrl: `ws://${m[2]}/ws`, httpUrl: `http://${m[2]}` })
+      }
+      if (found.length === 3) { clearTimeout(timer); resolve(found) }
+    })
+  })
+  return {
+    regions,
+    async stop () {
+      if (child.exitCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve))
+        child.kill('SIGINT')
+        await exited
+      }
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+/**
+ * A y-websocket provider as applications create one, on a fresh Y.Doc. Each stands for a separate
+ * app instance, so the cross-tab BroadcastChannel is off: in one Node process it would link the
+ * providers of a room directly, around the server under test (and race with it).
+ */
 export function connect (serverUrl, room, opts = {}) {
   const doc = new Y.Doc()
-  const provider = new WebsocketProvider(serverUrl, room, doc, { WebSocketPolyfill: WebSocket, ...opts })
+  const provider = new WebsocketProvider(serverUrl, room, doc, { WebSocketPolyfill: WebSocket, disableBc: true, ...opts })
   return { doc, provider }
 }
 

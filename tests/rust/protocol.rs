@@ -1,7 +1,7 @@
 //! The y-websocket protocol as unmodified Yjs clients rely on it, through real sockets against
 //! the real binary.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concord_crdt::encode;
 use concord_crdt::yrs::StateVector;
@@ -236,7 +236,24 @@ async fn slow_consumer_is_dropped_without_stalling_its_room() {
         );
     }
     assert!(server.logged(&["too slow", "doc=slow"]));
+    // The server lets go of the dropped client at once, although it still reads nothing (its
+    // socket buffers are full): it does not wait for TCP to give up on it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(&server.http_url("/api/status")).await;
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if status["connections"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow client's connection is still held: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     slow.set_paused(false);
+    // Its close frame could not get through its full buffers: the socket was dropped (1006), or
+    // the frame made it (1013). Either way the client reconnects and resyncs.
     let (code, _) = slow.wait_closed().await;
     assert!(
         code == 1013 || code == 1006,
@@ -294,6 +311,57 @@ async fn idle_documents_are_evicted_after_the_grace_period() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(docs, 0, "idle documents stayed in memory");
+}
+
+/// Clients that come and go on one document while it is evicted and reloaded between them: a
+/// join that lands on a room being evicted is handed to the fresh room, and the connection talks
+/// to that one, so every visit works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_racing_an_eviction_reach_the_new_room() {
+    const VISITS: usize = 100;
+    let server = Server::start(&["--evict-after", "1ms"]).await;
+    // One document per worker, visited one client at a time: between two visits the room goes
+    // idle and is evicted right around when the next join arrives.
+    let visits = (0..4).map(|worker| {
+        let url = server.ws_url(&format!("churn/{worker}"));
+        tokio::spawn(async move {
+            for i in 0..VISITS {
+                let c = YClient::connect(&url).await;
+                let mark = format!("<{worker}.{i}>");
+                c.append("t", &mark);
+                // The echo (an update frame holding the mark) proves the room this connection
+                // talks to is alive and stored it.
+                let echoed = c
+                    .wait_for(Duration::from_secs(10), |s| {
+                        s.closed.is_some()
+                            || s.frames.iter().any(|f| {
+                                f.starts_with(&[0, 2])
+                                    && f.windows(mark.len()).any(|w| w == mark.as_bytes())
+                            })
+                    })
+                    .await;
+                assert!(
+                    echoed.is_ok() && c.closed().is_none(),
+                    "visit {worker}.{i} failed: closed with {:?}",
+                    c.closed()
+                );
+            }
+        })
+    });
+    for v in futures_util::future::join_all(visits).await {
+        v.unwrap();
+    }
+    for worker in 0..4 {
+        let (_, text) =
+            http_get(&server.http_url(&format!("/api/docs/churn/{worker}/text/t"))).await;
+        let text = String::from_utf8(text).unwrap();
+        for i in 0..VISITS {
+            assert!(
+                text.contains(&format!("<{worker}.{i}>")),
+                "lost <{worker}.{i}>"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -182,15 +182,17 @@ impl Cluster {
         }
     }
 
-    /// Total `received_updates` over every node and peer.
-    pub async fn received_updates(&self) -> u64 {
-        let mut total = 0;
+    /// Replicated updates (`received_updates`) and peer messages of any kind
+    /// (`received_messages`) received, summed over every node and peer.
+    pub async fn received(&self) -> (u64, u64) {
+        let (mut updates, mut messages) = (0, 0);
         for i in 0..self.nodes.len() {
             for p in self.status(i).await["peers"].as_array().unwrap() {
-                total += p["received_updates"].as_u64().unwrap_or(0);
+                updates += p["received_updates"].as_u64().unwrap_or(0);
+                messages += p["received_messages"].as_u64().unwrap_or(0);
             }
         }
-        total
+        (updates, messages)
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, warn};
 
 use super::Replication;
@@ -15,6 +16,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Retries never wait longer than this, so a returning region is found within seconds.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link up at least this long counts as working: the next dial starts from the first backoff.
+const STABLE_LINK: Duration = Duration::from_secs(10);
 
 /// The WebSocket URL of a peer's link endpoint, from its base URL.
 pub fn peer_endpoint(base: &str) -> String {
@@ -48,10 +51,14 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
             }
         }
         match attempt(&hub, &url, &endpoint).await {
-            Ok(()) => {
+            // Only a link that stayed up a while resets the backoff: one that authenticates and
+            // then dies at once (say, on an update it cannot store) must not be redialed in a
+            // tight loop.
+            Ok(up) if up >= STABLE_LINK => {
                 backoff = FIRST_BACKOFF;
                 failures = 0;
             }
+            Ok(_) => {}
             Err(e) => {
                 failures += 1;
                 hub.set_dial(&url, |d| d.last_error = Some(e.clone()));
@@ -72,12 +79,18 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
     }
 }
 
-/// One connection: returns when the link ends (Ok if it was up at some point).
-async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<(), String> {
+/// One connection: returns when the link ends, with how long it was up (Err if it never was).
+async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Duration, String> {
     let secret = hub.secret().ok_or("no --peer-secret")?.to_vec();
+    // The same limits as the accepting side: without them tungstenite's defaults (16 MiB a
+    // frame) would refuse a large update or a big document's snapshot, and the link would die on
+    // it again at every reconnect.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(super::PEER_MAX_MESSAGE))
+        .max_frame_size(Some(super::PEER_MAX_MESSAGE));
     let (ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(endpoint, None, true),
+        tokio_tungstenite::connect_async_with_config(endpoint, Some(config), true),
     )
     .await
     .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
@@ -95,8 +108,9 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<()
         d.last_error = None;
     });
     let me = hub.me.node_id.clone();
+    let up = std::time::Instant::now();
     super::link::run(hub.clone(), sock, peer, me).await;
-    Ok(())
+    Ok(up.elapsed())
 }
 
 #[cfg(test)]

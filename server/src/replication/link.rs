@@ -23,7 +23,7 @@ use super::auth::Identity;
 use super::socket::PeerSocket;
 use super::{LinkHandle, PeerStats, Replication, now_ms};
 use crate::room::RoomMsg;
-use crate::store::Seq;
+use crate::store::{Seq, StoreError};
 
 /// How often acknowledgements are sent (when there is something new to acknowledge).
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -66,7 +66,17 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     stats.acked.fetch_max(cursor, Ordering::Relaxed);
     if cursor == 0 {
         // Known from now on: compaction keeps the log entries this peer has not acknowledged.
-        let _ = hub.store.set_peer_cursor(&peer.node_id, 0).await;
+        // Wait for it to be committed before streaming, or a compaction in between could delete
+        // entries the peer's snapshots do not cover.
+        let known = match hub.store.set_peer_cursor(&peer.node_id, 0).await {
+            Ok(commit) => commit.await.unwrap_or(Err(StoreError::Closed)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = known {
+            warn!(peer = %peer.node_id, error = %e, "cannot record the new peer; dropping the link");
+            sock.control.close(1011, "cannot record the new peer");
+            return finish(&hub, &link, &stats, &peer).await;
+        }
     }
     info!(peer = %peer.node_id, region = %peer.region, url = %peer.url, resume_after = cursor, "peer link up");
 
@@ -80,6 +90,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
         acked_rx,
     ));
     let acker = tokio::spawn(ack_loop(ack_rx, link.clone()));
+    let offer = tokio::spawn(offer_live_docs(hub.clone(), link.clone()));
 
     let mut persisted = (cursor, Instant::now());
     loop {
@@ -88,6 +99,10 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
             b = sock.incoming.recv() => match b { Some(b) => b, None => break },
         };
         stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        stats.received_messages.fetch_add(1, Ordering::Relaxed);
+        stats
+            .received_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let msg = match PeerMessage::decode(&bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -104,9 +119,6 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
                 update,
             } => {
                 stats.received_updates.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .received_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let done = receive_update(&hub, &peer.node_id, doc, path, &update).await;
                 if ack_tx.send((seq, done)).await.is_err() {
                     break;
@@ -176,6 +188,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     }
     sender.abort();
     acker.abort();
+    offer.abort();
     let acked = stats.acked.load(Ordering::Relaxed);
     if acked > persisted.0 {
         let _ = hub.store.set_peer_cursor(&peer.node_id, acked).await;
@@ -194,6 +207,27 @@ async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &
             .map(|(_, r)| r)
             .unwrap_or_else(|| "connection lost".into());
         warn!(peer = %peer.node_id, region = %peer.region, reason = %why, "peer link down; local clients are still served, updates for this peer wait in the log");
+    }
+}
+
+/// A link came up: offer the peer our state vector of every document live here. Those it has
+/// live too are answered with what we lack (a `SyncStep2`), which repairs any gap the log did not
+/// (an update still waiting for its dependencies, say). Sent with backpressure, after the room
+/// answers, so thousands of live documents neither flood the link nor stall their rooms.
+async fn offer_live_docs(hub: Arc<Replication>, link: LinkHandle) {
+    let Some(registry) = hub.registry() else {
+        return;
+    };
+    for (doc, room) in registry.live_rooms() {
+        let (reply, sv) = oneshot::channel();
+        if room.send(RoomMsg::StateVector { reply }).await.is_err() {
+            continue;
+        }
+        let Ok(sv) = sv.await else { continue };
+        let msg = PeerMessage::SyncStep1 { doc, sv };
+        if link.out.send(Bytes::from(msg.encode())).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -268,8 +302,14 @@ async fn ack_loop(mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>, 
     }
 }
 
-/// Serves an incoming peer link (`GET /peer`): authenticate, then run it.
-pub async fn accept(hub: Arc<Replication>, mut sock: PeerSocket, remote: std::net::SocketAddr) {
+/// Serves an incoming peer link (`GET /peer`): authenticate, then run it. `slot` is one of the
+/// few unauthenticated sockets allowed at once; it is freed when the handshake ends.
+pub async fn accept(
+    hub: Arc<Replication>,
+    mut sock: PeerSocket,
+    remote: std::net::SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let Some(secret) = hub.secret().map(<[u8]>::to_vec) else {
         warn!(%remote, "peer link refused: this node has no --peer-secret");
         sock.control.close(
@@ -278,7 +318,9 @@ pub async fn accept(hub: Arc<Replication>, mut sock: PeerSocket, remote: std::ne
         );
         return;
     };
-    match super::auth::accept(&mut sock, &hub.me, &secret).await {
+    let authenticated = super::auth::accept(&mut sock, &hub.me, &secret).await;
+    drop(slot);
+    match authenticated {
         Ok(peer) => run(hub, sock, peer.clone(), peer.node_id).await,
         Err(e) => {
             warn!(%remote, error = %e, "peer link refused");

@@ -45,6 +45,15 @@ use crate::registry::Registry;
 use crate::store::{Seq, SharedStore};
 use auth::Identity;
 
+/// Largest message on a peer link, both ways: a state-vector answer or a snapshot carries a whole
+/// document. (A client message is at most `--max-message-size`; its envelope adds a few bytes.)
+pub const PEER_MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Peer sockets allowed to be mid-handshake (not yet authenticated) at once. Each may buffer a
+/// message of up to [`PEER_MAX_MESSAGE`] for the handshake's timeout, so this bounds what
+/// strangers can make a node hold.
+pub const MAX_PENDING_HANDSHAKES: usize = 4;
+
 /// One live, authenticated link to a peer.
 #[derive(Clone)]
 pub struct LinkHandle {
@@ -76,7 +85,10 @@ pub struct PeerStats {
     pub acked: AtomicU64,
     pub sent_updates: AtomicU64,
     pub sent_bytes: AtomicU64,
+    /// Log entries received (`Update` messages).
     pub received_updates: AtomicU64,
+    /// Every message received (updates, acknowledgements, state vectors, presence...), and bytes.
+    pub received_messages: AtomicU64,
     pub received_bytes: AtomicU64,
     /// Updates sent on the live link and not yet acknowledged, with when they were sent (at most
     /// the stream's window). The oldest one's age is the peer's replication lag.
@@ -119,6 +131,8 @@ pub struct Replication {
     peers: DashMap<NodeId, Arc<PeerStats>>,
     dials: DashMap<String, DialState>,
     registry: OnceLock<Weak<Registry>>,
+    /// Slots for unauthenticated incoming peer sockets ([`MAX_PENDING_HANDSHAKES`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
     pub store: SharedStore,
     pub shutdown: CancellationToken,
     next_link: AtomicU64,
@@ -147,6 +161,7 @@ impl Replication {
             peers: DashMap::new(),
             dials: DashMap::new(),
             registry: OnceLock::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             store,
             shutdown,
             next_link: AtomicU64::new(1),
@@ -170,6 +185,11 @@ impl Replication {
 
     pub fn secret(&self) -> Option<&[u8]> {
         self.secret.as_deref()
+    }
+
+    /// A slot for one more unauthenticated peer socket, if one is free.
+    pub fn handshake_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.handshakes.clone().try_acquire_owned().ok()
     }
 
     pub fn stats(&self, peer: &NodeId) -> Arc<PeerStats> {
@@ -259,6 +279,12 @@ impl Replication {
                 seen_ids.push(id.clone());
             }
             let silent = dial.node_id.as_ref().and_then(|id| self.silent_for(id));
+            // Both ends may dial; the pair keeps one link, possibly the one the peer dialed.
+            let theirs = dial.node_id.as_ref().is_some_and(|id| {
+                self.links
+                    .get(id)
+                    .is_some_and(|l| l.dialer != self.me.node_id)
+            });
             peers.push(peer_json(
                 url,
                 dial.node_id.as_ref(),
@@ -266,7 +292,7 @@ impl Replication {
                 silent,
                 dial.last_error.as_deref(),
                 committed,
-                "outbound",
+                if theirs { "inbound" } else { "outbound" },
             ));
         }
         for entry in self.peers.iter() {
@@ -342,6 +368,7 @@ fn peer_json(
         "sent_updates": counter(|s| &s.sent_updates),
         "sent_bytes": counter(|s| &s.sent_bytes),
         "received_updates": counter(|s| &s.received_updates),
+        "received_messages": counter(|s| &s.received_messages),
         "received_bytes": counter(|s| &s.received_bytes),
         "last_error": last_error,
     })

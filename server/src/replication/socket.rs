@@ -20,6 +20,10 @@ use crate::control::Control;
 pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// A link that carried nothing (not even a pong) for this long is closed.
 pub const DEAD_AFTER: Duration = Duration::from_secs(8);
+/// Longest one batch of writes may take. Generous, since one message may be a whole document's
+/// snapshot (up to 256 MiB: 4.4 MB/s gets it through), but a peer that stopped reading must not
+/// hold its link forever: nothing else notices while the writer is blocked.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 /// Messages buffered each way.
 const QUEUE: usize = 1024;
 
@@ -140,17 +144,36 @@ where
                 biased;
                 _ = c.token().cancelled() => {
                     let (code, reason) = c.reason().unwrap_or((1001, "node shutting down".into()));
-                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(M::close(code, reason))).await;
+                    // What was queued before the close goes first: a handshake's last message
+                    // (`Welcome`) is often queued right before a duplicate link is closed, and
+                    // the dialer must get it to learn who it reached.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(frame) = out_rx.try_recv() {
+                            sink.feed(M::binary(frame)).await?;
+                        }
+                        sink.send(M::close(code, reason)).await
+                    })
+                    .await;
                     return;
                 }
                 frame = out_rx.recv() => {
                     let Some(frame) = frame else { return };
-                    let mut ok = sink.feed(M::binary(frame)).await.is_ok();
-                    while ok {
-                        let Ok(frame) = out_rx.try_recv() else { break };
-                        ok = sink.feed(M::binary(frame)).await.is_ok();
-                    }
-                    if !ok || sink.flush().await.is_err() {
+                    // A peer that stopped reading blocks the write once the socket buffers are
+                    // full: race it against the end of the link, and against the link going
+                    // silent, so a stuck peer is let go (its updates wait in the log).
+                    let write = async {
+                        sink.feed(M::binary(frame)).await?;
+                        while let Ok(frame) = out_rx.try_recv() {
+                            sink.feed(M::binary(frame)).await?;
+                        }
+                        sink.flush().await
+                    };
+                    let written = tokio::select! {
+                        r = write => r.is_ok(),
+                        _ = c.token().cancelled() => false,
+                        _ = tokio::time::sleep(WRITE_STALL) => false,
+                    };
+                    if !written {
                         c.token().cancel();
                         return;
                     }
@@ -160,7 +183,11 @@ where
                         c.close(1001, "peer link silent; assumed dead");
                         continue;
                     }
-                    if sink.send(M::ping()).await.is_err() {
+                    let sent = tokio::select! {
+                        r = sink.send(M::ping()) => r.is_ok(),
+                        _ = c.token().cancelled() => false,
+                    };
+                    if !sent {
                         c.token().cancel();
                         return;
                     }

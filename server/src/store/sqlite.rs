@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,8 @@ enum Op {
         seq: Seq,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
+    /// Stop after writing everything queued before this.
+    Close,
 }
 
 /// Entries kept for log readers that follow the feed live; one that falls further behind reads
@@ -120,7 +122,10 @@ struct Feed {
 pub struct SqliteStore {
     path: PathBuf,
     feed: Arc<Feed>,
-    tx: Mutex<Option<flume::Sender<Op>>>,
+    /// The writer's queue. Not behind a lock: every append of every document goes through it.
+    tx: flume::Sender<Op>,
+    /// Set by [`Store::close`]; later writes fail with [`StoreError::Closed`].
+    closed: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropped on close to stop the checkpointer.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -158,15 +163,12 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             feed,
-            tx: Mutex::new(Some(tx)),
+            tx,
+            closed: AtomicBool::new(false),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Mutex::new(Vec::new()),
         })
-    }
-
-    fn sender(&self) -> Result<flume::Sender<Op>, StoreError> {
-        self.tx.lock().unwrap().clone().ok_or(StoreError::Closed)
     }
 
     /// Runs `f` on a pooled read connection, on the blocking pool.
@@ -174,16 +176,20 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = match self.readers.lock().unwrap().pop() {
-            Some(c) => c,
-            None => open_reader(&self.path)?,
-        };
+        // Take a pooled connection (the lock is held for the pop only); opening a new one is
+        // file I/O, so it happens on the blocking pool with the read.
+        let pooled = self.readers.lock().unwrap().pop();
+        let path = self.path.clone();
         let (conn, result) = tokio::task::spawn_blocking(move || {
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
             let r = f(&conn);
-            (conn, r)
+            Ok::<_, StoreError>((conn, r))
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))??;
         self.readers.lock().unwrap().push(conn);
         result
     }
@@ -193,7 +199,10 @@ impl SqliteStore {
         op: impl FnOnce(oneshot::Sender<Result<Seq, StoreError>>) -> Op,
     ) -> Result<Commit, StoreError> {
         let (done, commit) = oneshot::channel();
-        self.sender()?
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.tx
             .send_async(op(done))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -223,8 +232,12 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // Dropping the only sender lets the writer drain what is queued, then stop.
-        self.tx.lock().unwrap().take();
+        // The writer writes what was queued before the `Close`, then stops; anything queued after
+        // it is dropped, and its commit resolves as failed.
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.tx.send_async(Op::Close).await;
         let checkpointer = self.checkpointer.lock().unwrap().take();
         if let Some((stop, handle)) = checkpointer {
             drop(stop);
@@ -438,28 +451,31 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: flume::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            match self.options.durability {
-                // Take whatever queued up during the previous commit: that is the group commit.
-                Durability::Sync => {
-                    while batch.len() < MAX_BATCH {
-                        let Ok(op) = rx.try_recv() else { break };
-                        batch.push(op);
-                    }
+        let mut closing = false;
+        while !closing {
+            let Ok(first) = rx.recv() else { break };
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            // Sync: take whatever queued up during the previous commit (that is the group
+            // commit). Async: gather for up to the commit delay (fewer, larger transactions).
+            let deadline = Instant::now() + self.options.commit_delay;
+            while let Some(op) = next.take() {
+                if matches!(op, Op::Close) {
+                    closing = true;
+                    break;
                 }
-                // Gather for up to the commit delay: fewer, larger transactions.
-                Durability::Async => {
-                    let deadline = Instant::now() + self.options.commit_delay;
-                    while batch.len() < MAX_BATCH {
-                        let Ok(op) = rx.recv_deadline(deadline) else {
-                            break;
-                        };
-                        batch.push(op);
-                    }
+                batch.push(op);
+                if batch.len() >= MAX_BATCH {
+                    break;
                 }
+                next = match self.options.durability {
+                    Durability::Sync => rx.try_recv().ok(),
+                    Durability::Async => rx.recv_deadline(deadline).ok(),
+                };
             }
-            self.write_batch(batch);
+            if !batch.is_empty() {
+                self.write_batch(batch);
+            }
         }
         if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
             warn!("final checkpoint failed: {e}");
@@ -493,7 +509,9 @@ impl Writer {
                             }));
                         }
                         other => {
-                            let _ = done_of(other).send(Ok(seq));
+                            if let Some(done) = done_of(other) {
+                                let _ = done.send(Ok(seq));
+                            }
                         }
                     }
                 }
@@ -506,7 +524,9 @@ impl Writer {
                     self.doc_ids.remove(&name);
                 }
                 for op in batch {
-                    let _ = done_of(op).send(Err(e.clone()));
+                    if let Some(done) = done_of(op) {
+                        let _ = done.send(Err(e.clone()));
+                    }
                 }
             }
         }
@@ -552,6 +572,7 @@ impl Writer {
                         .execute(params![peer.as_str(), *seq as i64])?;
                     seqs.push(*seq);
                 }
+                Op::Close => seqs.push(0), // never in a batch: `run` stops at it
             }
         }
         if self.last_gc.elapsed() >= LOG_GC_PERIOD
@@ -632,9 +653,10 @@ impl Writer {
     }
 }
 
-fn done_of(op: Op) -> oneshot::Sender<Result<Seq, StoreError>> {
+fn done_of(op: Op) -> Option<oneshot::Sender<Result<Seq, StoreError>>> {
     match op {
-        Op::Append { done, .. } | Op::Compact { done, .. } | Op::Cursor { done, .. } => done,
+        Op::Append { done, .. } | Op::Compact { done, .. } | Op::Cursor { done, .. } => Some(done),
+        Op::Close => None,
     }
 }
 
