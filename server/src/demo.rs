@@ -29,7 +29,12 @@ pub struct DemoArgs {
     pub data_dir: PathBuf,
 
     /// Region names, comma-separated.
-    #[arg(long, env = "CONCORD_DEMO_REGIONS", value_delimiter = ',', default_value = "eu,us,ap")]
+    #[arg(
+        long,
+        env = "CONCORD_DEMO_REGIONS",
+        value_delimiter = ',',
+        default_value = "eu,us,ap"
+    )]
     pub regions: Vec<String>,
 }
 
