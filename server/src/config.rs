@@ -28,6 +28,21 @@ pub enum Command {
     /// Start three regions on localhost, meshed through links with simulated latency, and print
     /// their URLs: the multi-region demo in one command.
     Demo(crate::demo::DemoArgs),
+    /// Forget a peer that is gone for good. The update log keeps every entry a known peer has not
+    /// acknowledged, so a decommissioned peer would make it grow forever. If the peer ever comes
+    /// back it is treated as new: it gets every document's snapshot, then the log. Works while
+    /// the server runs; its status shows the peer until it restarts.
+    ForgetPeer(ForgetPeerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ForgetPeerArgs {
+    /// The peer's node id (as `/api/status` shows it).
+    pub node_id: String,
+
+    /// The data directory of the node that should forget it.
+    #[arg(long, env = "CONCORD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 /// Everything `concord serve` accepts.

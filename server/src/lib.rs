@@ -114,6 +114,7 @@ pub async fn serve_on(
         store.clone(),
         shutdown.child_token(),
     );
+    replication.recall_peers().await;
     registry.set_replication(replication.clone());
     replication.start(&registry);
     let app = Arc::new(App {

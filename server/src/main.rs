@@ -27,6 +27,18 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Demo(args)) => {
             concord_server::demo::run(args, concord_server::shutdown_signal()).await
         }
+        Some(Command::ForgetPeer(args)) => {
+            let forgot = concord_server::store::sqlite::forget_peer(&args.data_dir, &args.node_id)?;
+            if forgot {
+                println!(
+                    "forgot peer {}: the log no longer waits for it",
+                    args.node_id
+                );
+            } else {
+                println!("no peer {} is known here; nothing changed", args.node_id);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -441,5 +441,82 @@ async fn status_reports_peers_with_cursor_and_backlog() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(c.nodes[0].logged(&["peer link down", "node-1"]));
+    let before = c.status(0).await["peers"][0].clone();
+
+    // Restarted while its peer is still unreachable, the node still knows who the peer is, what
+    // it acknowledged and how far behind it is.
+    let mut c = c;
+    c.nodes[0].sigterm().await;
+    c.nodes[0].restart().await;
+    c.aim_proxies();
+    let s = c.status(0).await;
+    let peers = s["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{s}");
+    let p = &peers[0];
+    assert_eq!(p["node_id"], "node-1", "{s}");
+    assert_eq!(p["region"], "r1", "{s}");
+    assert_eq!(p["connected"], false, "{s}");
+    assert!(
+        p["acked_seq"].as_u64() >= before["acked_seq"].as_u64().filter(|a| *a >= 5),
+        "{s}"
+    );
+    assert_eq!(p["backlog"], before["backlog"], "{s}");
     let _ = assert_contains;
+}
+
+/// A peer that is gone for good pins the log (its unacknowledged entries are kept for it) until
+/// it is forgotten; then compaction may drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_dead_peer_lets_the_log_shrink() {
+    let mut c = Cluster::start(2, &mesh(2), LINK, &["--compact-after-updates", "5"]).await;
+    c.wait_linked(&mesh(2)).await;
+    let a = YClient::connect(&c.nodes[0].ws_url("gone")).await;
+    a.append("t", "seen by both ");
+    c.wait_converged("gone", CONVERGE).await;
+    c.nodes[1].kill9().await;
+    for i in 0..12 {
+        a.append("t", &format!("<{i}>"));
+    }
+    let log_rows = |dir: &std::path::Path| -> i64 {
+        let db = rusqlite::Connection::open(dir.join("concord.db")).unwrap();
+        db.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+            .unwrap()
+    };
+    let dir = c.nodes[0].data_dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_rows(&dir) < 12 {
+        assert!(Instant::now() < deadline, "edits not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Compactions ran (every 5 updates), yet the entries node-1 never acknowledged stay.
+    let kept = log_rows(&dir);
+    assert!(kept >= 12, "kept {kept} entries");
+
+    let out = std::process::Command::new(concord_tests::concord_bin())
+        .args(["forget-peer", "node-1", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forgot peer node-1"));
+    // The next compaction drops what only node-1 was waiting for.
+    for i in 0..5 {
+        a.append("t", &format!("[{i}]"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_rows(&dir) >= 5 {
+        assert!(
+            Instant::now() < deadline,
+            "log still holds {} entries after forgetting the peer",
+            log_rows(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing was lost: the document has every edit.
+    let text = concord_tests::server_doc(&c.nodes[0], "gone")
+        .await
+        .unwrap()
+        .text("t")
+        .unwrap();
+    assert!(text.contains("<11>") && text.contains("[4]"), "{text}");
 }

@@ -107,6 +107,7 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
         d.node_id = Some(peer.node_id.clone());
         d.last_error = None;
     });
+    hub.remember(&peer, Some(url));
     let me = hub.me.node_id.clone();
     let up = std::time::Instant::now();
     super::link::run(hub.clone(), sock, peer, me).await;

@@ -321,7 +321,10 @@ pub async fn accept(
     let authenticated = super::auth::accept(&mut sock, &hub.me, &secret).await;
     drop(slot);
     match authenticated {
-        Ok(peer) => run(hub, sock, peer.clone(), peer.node_id).await,
+        Ok(peer) => {
+            hub.remember(&peer, None);
+            run(hub, sock, peer.clone(), peer.node_id).await
+        }
         Err(e) => {
             warn!(%remote, error = %e, "peer link refused");
             sock.control

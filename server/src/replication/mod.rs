@@ -38,11 +38,11 @@ use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::control::Control;
 use crate::registry::Registry;
-use crate::store::{Seq, SharedStore};
+use crate::store::{PeerInfo, Seq, SharedStore};
 use auth::Identity;
 
 /// Largest message on a peer link, both ways: a state-vector answer or a snapshot carries a whole
@@ -177,6 +177,63 @@ impl Replication {
         if !self.configured.is_empty() {
             info!(node = %self.me.node_id, region = %self.me.region, peers = ?self.configured, "replicating");
         }
+    }
+
+    /// Fills status with what the store remembers of the peers (who they are, where we dial
+    /// them, what they acknowledged), so a peer not reached since this node started shows its
+    /// real cursor and backlog instead of none.
+    /// Runs before the node serves anything.
+    pub async fn recall_peers(&self) {
+        let (cursors, known) = match (
+            self.store.peer_cursors().await,
+            self.store.known_peers().await,
+        ) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot read what is known of the peers; status starts empty");
+                return;
+            }
+        };
+        for (id, acked) in cursors {
+            self.stats(&id).acked.fetch_max(acked, Ordering::Relaxed);
+        }
+        for (id, info) in known {
+            let stats = self.stats(&id);
+            {
+                let mut region = stats.region.lock().unwrap();
+                if region.is_empty() {
+                    *region = info.region;
+                }
+            }
+            {
+                let mut url = stats.url.lock().unwrap();
+                if url.is_empty() {
+                    *url = info.url;
+                }
+            }
+            if let Some(dial) = info.dial_url.filter(|u| self.configured.contains(u)) {
+                self.set_dial(&dial, |d| {
+                    d.node_id.get_or_insert(id);
+                });
+            }
+        }
+    }
+
+    /// Records who a peer is, once it authenticated (`dial_url`: the `--peers` URL we reached it
+    /// at, when we dialed).
+    pub fn remember(&self, peer: &Identity, dial_url: Option<&str>) {
+        let info = PeerInfo {
+            region: peer.region.clone(),
+            url: peer.url.clone(),
+            dial_url: dial_url.map(String::from),
+        };
+        let store = self.store.clone();
+        let id = peer.node_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.remember_peer(&id, info).await {
+                debug!(peer = %id, error = %e, "could not record the peer");
+            }
+        });
     }
 
     pub fn registry(&self) -> Option<Arc<Registry>> {

@@ -1,5 +1,5 @@
 //! Durable storage behind a small trait, with SQLite ([`sqlite::SqliteStore`]) as the embedded
-//! default.
+//! default, and [`memory::MemoryStore`] (no disk) for benchmarks and tests.
 //!
 //! The model is one append-only **update log** per node: every update the node accepts (from a
 //! client now, from a peer region later) gets the next node-local sequence number. Per document, a
@@ -14,6 +14,7 @@
 //! returns a [`Commit`] that resolves once the update is durable. The room relays the update only
 //! then, which is how "an update anyone received is already on disk" holds.
 
+pub mod memory;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -162,6 +163,23 @@ pub trait Store: Send + Sync + 'static {
     /// Records that `peer` acknowledged everything up to `seq` (queued like a write; the
     /// returned commit may be ignored: a lost cursor only means a few entries are sent again).
     async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError>;
+
+    /// Records who `peer` is (queued like a write). A `None` `dial_url` keeps the one recorded.
+    async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError>;
+
+    /// Every peer ever linked with, as last recorded: what status shows of a peer that has not
+    /// been reached since this node started.
+    async fn known_peers(&self) -> Result<HashMap<NodeId, PeerInfo>, StoreError>;
+}
+
+/// What a node remembers of a peer across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub region: String,
+    /// The URL the peer advertises (`--public-url`).
+    pub url: String,
+    /// The `--peers` URL this node dialed it at, if it ever did.
+    pub dial_url: Option<String>,
 }
 
 pub type SharedStore = Arc<dyn Store>;

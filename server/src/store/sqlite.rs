@@ -13,6 +13,8 @@
 //!   cursor), `path` the nodes the update passed through.
 //! - `peer_cursors`: per peer region, the last `seq` it acknowledged. Compaction keeps every
 //!   entry above the smallest of them.
+//! - `peers`: who each peer is (region, advertised URL, the `--peers` URL it was dialed at), so
+//!   status can show a peer not reached since a restart with its real cursor and backlog.
 //! - `meta`: `last_seq` (written with each compaction), so sequence numbers never go backwards
 //!   even when compaction deleted the newest entries.
 
@@ -29,7 +31,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::{Append, Commit, Durability, LogEntry, LogFeed, Seq, Store, StoreError, StoredDoc};
+use super::{
+    Append, Commit, Durability, LogEntry, LogFeed, PeerInfo, Seq, Store, StoreError, StoredDoc,
+};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -48,6 +52,12 @@ CREATE INDEX IF NOT EXISTS log_doc_seq ON log(doc_id, seq);
 CREATE TABLE IF NOT EXISTS peer_cursors (
     node_id   TEXT PRIMARY KEY,
     acked_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    node_id  TEXT PRIMARY KEY,
+    region   TEXT NOT NULL,
+    url      TEXT NOT NULL,
+    dial_url TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -98,6 +108,11 @@ enum Op {
     Cursor {
         peer: NodeId,
         seq: Seq,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
+    Peer {
+        peer: NodeId,
+        info: PeerInfo,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     /// Stop after writing everything queued before this.
@@ -325,6 +340,37 @@ impl Store for SqliteStore {
         let peer = peer.clone();
         self.submit(|done| Op::Cursor { peer, seq, done }).await
     }
+
+    async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError> {
+        let peer = peer.clone();
+        self.submit(|done| Op::Peer { peer, info, done }).await
+    }
+
+    async fn known_peers(&self) -> Result<HashMap<NodeId, PeerInfo>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT node_id, region, url, dial_url FROM peers")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PeerInfo {
+                        region: r.get(1)?,
+                        url: r.get(2)?,
+                        dial_url: r.get(3)?,
+                    },
+                ))
+            })?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (id, info) = row?;
+                if let Ok(id) = NodeId::parse(&id) {
+                    out.insert(id, info);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// Paths are stored as comma-separated node ids (node ids cannot contain commas).
@@ -400,6 +446,26 @@ fn spawn_checkpointer(
         })
         .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
     Ok((stop, handle))
+}
+
+/// Removes what the store in `dir` keeps for peer `node_id` (its cursor and record), so log
+/// entries no longer wait for it. Returns whether it was known. Safe while a server runs on the
+/// same store (SQLite serialises the writers).
+pub fn forget_peer(dir: &Path, node_id: &str) -> Result<bool, StoreError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(StoreError::Backend(format!(
+            "no store at {}",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    let cursors = conn.execute("DELETE FROM peer_cursors WHERE node_id = ?1", [node_id])?;
+    let records = conn.execute("DELETE FROM peers WHERE node_id = ?1", [node_id])?;
+    Ok(cursors + records > 0)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -572,6 +638,16 @@ impl Writer {
                         .execute(params![peer.as_str(), *seq as i64])?;
                     seqs.push(*seq);
                 }
+                Op::Peer { peer, info, .. } => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO peers (node_id, region, url, dial_url) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT(node_id) DO UPDATE SET region = excluded.region, url = excluded.url,
+                             dial_url = COALESCE(excluded.dial_url, peers.dial_url)",
+                        )?
+                        .execute(params![peer.as_str(), info.region, info.url, info.dial_url])?;
+                    seqs.push(0);
+                }
                 Op::Close => seqs.push(0), // never in a batch: `run` stops at it
             }
         }
@@ -655,7 +731,10 @@ impl Writer {
 
 fn done_of(op: Op) -> Option<oneshot::Sender<Result<Seq, StoreError>>> {
     match op {
-        Op::Append { done, .. } | Op::Compact { done, .. } | Op::Cursor { done, .. } => Some(done),
+        Op::Append { done, .. }
+        | Op::Compact { done, .. }
+        | Op::Cursor { done, .. }
+        | Op::Peer { done, .. } => Some(done),
         Op::Close => None,
     }
 }
