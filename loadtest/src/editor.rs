@@ -34,7 +34,10 @@ pub enum Phase {
 
 /// What an editor writes.
 pub enum Workload {
-    /// Random typing: `rate` updates per second.
+    /// Random typing: `rate` updates per second, like a person: a few characters at the cursor,
+    /// which moves on as they type; now and then a backspace, or a jump to a random place.
+    /// (Uniformly random positions would split the text into a block per keystroke, which no
+    /// real document looks like, and make every client walk them all.)
     Random { rate: f64 },
     /// Replays one agent of an editing trace, one transaction per tick at most `rate` per second
     /// (and only once the transactions it depends on have arrived).
@@ -56,6 +59,8 @@ pub struct Editor {
     pub writes: bool,
     /// Set at the first Step2 (counted once, not again after reconnects).
     pub synced: std::sync::atomic::AtomicBool,
+    /// Where random typing goes next (a character offset; others' edits may shift the text).
+    pub cursor: std::sync::atomic::AtomicU32,
 }
 
 /// Root text every editor writes to.
@@ -192,16 +197,21 @@ impl Editor {
             Workload::Random { .. } => {
                 let mut rng = rand::rng();
                 let len = text.len(&txn);
-                if len > 20 && rng.random_bool(0.1) {
-                    let at = rng.random_range(0..len - 2);
-                    text.remove_range(&mut txn, at, 2);
+                let mut at = self.cursor.load(Ordering::Relaxed).min(len);
+                if rng.random_bool(0.05) {
+                    at = rng.random_range(0..=len);
+                }
+                if at >= 2 && rng.random_bool(0.1) {
+                    text.remove_range(&mut txn, at - 2, 2);
+                    at -= 2;
                 } else {
-                    let at = rng.random_range(0..=len);
                     let s: String = (0..rng.random_range(1..4))
                         .map(|_| rng.random_range(b'a'..=b'z') as char)
                         .collect();
                     text.insert(&mut txn, at, &s);
+                    at += s.len() as u32;
                 }
+                self.cursor.store(at, Ordering::Relaxed);
             }
             Workload::Trace { agent, .. } => {
                 drop(txn);

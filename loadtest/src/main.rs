@@ -71,6 +71,11 @@ struct Args {
     /// editor per document, a concurrent one an editor per agent, agent i in region i.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Leave the first seconds of writing out of the latency and throughput summary (they are
+    /// still in the timeline): connection setup, first writes of every document and the
+    /// generator's own start make a transient that is not the steady state.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
     /// Longest wait for convergence after the writes stop.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     converge_timeout: Duration,
@@ -170,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 workload,
                 writes: e < writers,
                 synced: Default::default(),
+                cursor: Default::default(),
             };
             next_id += 1;
             replicas.push((d, region, doc));
@@ -209,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let own_before = procstat::own_cpu_seconds();
     let write_start = Instant::now();
-    let first_second = stats.start.elapsed().as_secs() + 1;
+    let first_second = stats.start.elapsed().as_secs() + 1 + args.warmup.as_secs();
     phase_tx.send_replace(Phase::Write);
     let mut last = (0u64, 0u64, Instant::now());
     loop {

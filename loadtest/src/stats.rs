@@ -6,8 +6,11 @@
 //! a *cross-region delivery*. Matching on the Yjs id rather than on bytes works with any server,
 //! including those that re-encode updates.
 //!
-//! Editors keep their own histograms and flush them once a second into per-second, per-region
-//! buckets, so latency over time can be charted without a lock on every message.
+//! Editors keep their samples in small vectors and flush them once a second into per-second,
+//! per-region histograms, so latency over time can be charted without a lock on every message.
+//! (A histogram per editor would cost more than the samples: adding 3 histograms of 1 µs to 1 h
+//! at 3 significant digits, for each of thousands of editors every second, was most of the
+//! generator's CPU.)
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -43,10 +46,10 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
 }
 
-/// One editor's samples since its last flush.
+/// One editor's samples since its last flush: latencies in microseconds, by [`Kind`].
 pub struct Local {
     region: usize,
-    hist: [Histogram<u64>; 3],
+    samples: [Vec<u64>; 3],
     sent: u64,
     delivered: u64,
 }
@@ -55,7 +58,7 @@ impl Local {
     pub fn new(region: usize) -> Self {
         Local {
             region,
-            hist: [histogram(), histogram(), histogram()],
+            samples: Default::default(),
             sent: 0,
             delivered: 0,
         }
@@ -154,7 +157,7 @@ impl Stats {
         if done {
             self.in_flight.remove(&key);
         }
-        let _ = local.hist[kind as usize].record(micros.min(3_600_000_000));
+        local.samples[kind as usize].push(micros.min(3_600_000_000));
         local.delivered += 1;
     }
 
@@ -164,8 +167,9 @@ impl Stats {
         let mut buckets = self.buckets.lock().unwrap();
         let b = buckets.entry((second, local.region)).or_default();
         for k in 0..3 {
-            let _ = b.hist[k].add(&local.hist[k]);
-            local.hist[k].reset();
+            for v in local.samples[k].drain(..) {
+                let _ = b.hist[k].record(v);
+            }
         }
         b.sent += local.sent;
         b.delivered += local.delivered;
