@@ -37,6 +37,10 @@ pub enum Applied {
 /// The document and awareness of one room.
 pub struct DocState {
     awareness: Awareness,
+    /// Whether some applied update waits for ones it depends on. Kept here because every update
+    /// goes through [`DocState::apply_update`], which computes it anyway; asking yrs would take a
+    /// transaction per update.
+    pending: bool,
 }
 
 impl Default for DocState {
@@ -70,6 +74,7 @@ impl DocState {
         });
         DocState {
             awareness: Awareness::new(doc),
+            pending: false,
         }
     }
 
@@ -94,29 +99,43 @@ impl DocState {
         self.apply(update.decoded)
     }
 
+    /// [`DocState::apply_update`] for a caller that keeps the update's bytes itself.
+    pub fn apply_decoded(&mut self, update: Update) -> Result<Applied, ApplyError> {
+        self.apply(update)
+    }
+
     fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
         let doc = self.awareness.doc();
         // yrs is not supposed to panic on a decoded update, but a panic here would take the whole
         // document down with it; turn one into an error on this update instead.
-        catch_unwind(AssertUnwindSafe(|| {
+        let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             let pending_before = pending_fingerprint(&txn);
             txn.apply_update(update)
                 .map_err(|e| ApplyError::Integrate(e.to_string()))?;
+            let pending_after = pending_fingerprint(&txn);
             let changed = !txn.insert_set().is_empty()
                 || !txn.delete_set().is_empty()
-                || pending_fingerprint(&txn) != pending_before;
-            Ok(if changed {
+                || pending_after != pending_before;
+            let applied = if changed {
                 Applied::Changed
             } else {
                 Applied::Unchanged
-            })
+            };
+            Ok((applied, pending_after.is_some()))
         }))
         .unwrap_or_else(|_| {
             Err(ApplyError::Integrate(
                 "yrs panicked while integrating".into(),
             ))
-        })
+        });
+        // Whatever happened, ask yrs once more when it failed (a failed update may have left
+        // part of itself pending).
+        self.pending = match &result {
+            Ok((_, pending)) => *pending,
+            Err(_) => self.doc().transact().has_missing_updates(),
+        };
+        result.map(|(applied, _)| applied)
     }
 
     pub fn state_vector(&self) -> StateVector {
@@ -136,7 +155,7 @@ impl DocState {
 
     /// Whether some applied update still waits for updates it depends on.
     pub fn has_pending(&self) -> bool {
-        self.doc().transact().has_missing_updates()
+        self.pending
     }
 
     /// The plain text of the `Y.Text` root `name`, if the document has such a root.

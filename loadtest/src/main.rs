@@ -192,6 +192,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Connect.
+    let server_pids: Vec<u32> = cluster.regions.iter().filter_map(|r| r.pid).collect();
+    let rss_idle: u64 = server_pids
+        .iter()
+        .filter_map(|p| procstat::rss_kib(*p))
+        .sum();
     let t0 = Instant::now();
     while (stats.synced.load(Ordering::Relaxed) as usize) < editors {
         if t0.elapsed() > Duration::from_secs(120) {
@@ -207,8 +212,22 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
+    // What holding the connections costs the servers (their documents included).
+    if !server_pids.is_empty() {
+        let rss_connected: u64 = server_pids
+            .iter()
+            .filter_map(|p| procstat::rss_kib(*p))
+            .sum();
+        println!(
+            "server RSS: {:.1} MiB before connecting, {:.1} MiB with {editors} connections: {:.1} KiB per connection",
+            rss_idle as f64 / 1024.0,
+            rss_connected as f64 / 1024.0,
+            rss_connected.saturating_sub(rss_idle) as f64 / editors.max(1) as f64
+        );
+    }
+
     // Write.
-    let pids: Vec<u32> = cluster.regions.iter().filter_map(|r| r.pid).collect();
+    let pids = server_pids;
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|p| procstat::cpu_seconds(*p).unwrap_or(0.0))
@@ -391,6 +410,10 @@ async fn regions_agree(
                 let url = format!("{}/api/docs/{tag}/doc-{d}/update", r.http.as_ref().unwrap());
                 let body = match reqwest::get(&url).await {
                     Ok(resp) if resp.status().is_success() => resp.bytes().await.ok(),
+                    // Never written (an idle run): the region holds the empty document.
+                    Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                        Some(state_of(&Doc::new()).into())
+                    }
                     _ => None,
                 };
                 match body.and_then(|b| editor::canonical(&b)) {

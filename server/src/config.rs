@@ -97,7 +97,8 @@ pub struct ServeArgs {
     pub commit_delay: Duration,
 
     /// Compact a document (replace its log entries by one snapshot) once it has this many log
-    /// entries since its last snapshot...
+    /// entries since its last snapshot, weighing at least half the snapshot (so compaction's cost
+    /// stays proportional to what is written)...
     #[arg(long, env = "CONCORD_COMPACT_AFTER_UPDATES", default_value_t = 1000)]
     pub compact_after_updates: u64,
 

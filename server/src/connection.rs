@@ -147,9 +147,12 @@ async fn read_loop(
     room: &mpsc::Sender<RoomMsg>,
     control: &Control,
 ) {
+    // One waiter for the whole connection, not one registered per frame.
+    let cancelled = control.token().cancelled();
+    tokio::pin!(cancelled);
     loop {
         let msg = tokio::select! {
-            _ = control.token().cancelled() => return,
+            _ = &mut cancelled => return,
             msg = stream.next() => msg,
         };
         control.seen();
@@ -235,10 +238,13 @@ async fn write_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_data = false;
     let mut ticks: u64 = 0;
+    let token = control.token().clone();
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = control.token().cancelled() => return send_close(&mut sink, &control).await,
+            _ = &mut cancelled => return send_close(&mut sink, &control).await,
             frame = rx.recv() => {
                 let Some(frame) = frame else { return false };
                 // A client that stopped reading blocks the write once the kernel buffer is full.
@@ -254,7 +260,7 @@ async fn write_loop(
                 };
                 let written = tokio::select! {
                     r = write => r.is_ok(),
-                    _ = control.token().cancelled() => false,
+                    _ = &mut cancelled => false,
                 };
                 if !written {
                     control.token().cancel();
@@ -276,7 +282,7 @@ async fn write_loop(
                 for msg in keepalive.into_iter().chain(ping) {
                     let sent = tokio::select! {
                         r = sink.send(msg) => r.is_ok(),
-                        _ = control.token().cancelled() => false,
+                        _ = &mut cancelled => false,
                     };
                     if !sent {
                         control.token().cancel();

@@ -144,6 +144,9 @@ enum Source {
     },
 }
 
+/// Most inbox messages a room handles per wake-up before it looks at commits and timers again.
+const INBOX_BATCH: usize = 64;
+
 /// How often, at most, a room with updates waiting for missing dependencies asks its peers.
 const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -223,7 +226,11 @@ impl Room {
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, outbox: &mut Outbox) -> Stop {
         let evict_after = self.registry.config.evict_after;
+        // Created once: a fresh `cancelled()` per iteration would lock the token to register a
+        // waiter for every message.
         let shutdown = self.registry.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let mut idle_since = Some(Instant::now());
         loop {
             let deadline = idle_since.map(|t| t + evict_after);
@@ -237,6 +244,13 @@ impl Room {
                     if let Err(e) = self.handle(msg, outbox).await {
                         return Stop::StoreFailed(e);
                     }
+                    // Whatever else is already queued is handled in the same wake-up.
+                    for _ in 1..INBOX_BATCH {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        if let Err(e) = self.handle(msg, outbox).await {
+                            return Stop::StoreFailed(e);
+                        }
+                    }
                     idle_since = self.members.is_empty().then(Instant::now);
                 }
                 _ = sleep_until_opt(deadline), if outbox.is_empty() => {
@@ -246,7 +260,7 @@ impl Room {
                     idle_since = None;
                 }
                 _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
-                _ = shutdown.cancelled() => return Stop::Shutdown,
+                _ = &mut cancelled => return Stop::Shutdown,
             }
         }
     }
@@ -398,9 +412,10 @@ impl Room {
         update: IncomingUpdate,
         outbox: &mut Outbox,
     ) -> Result<(), StoreError> {
-        let bytes = Bytes::from(update.bytes.clone());
+        let IncomingUpdate { bytes, decoded } = update;
+        let bytes = Bytes::from(bytes);
         let (path, done) = match source {
-            Source::Client(id) => match self.state.apply_update(update) {
+            Source::Client(id) => match self.state.apply_decoded(decoded) {
                 Ok(Applied::Changed) => (Vec::new(), None),
                 Ok(Applied::Unchanged) => return Ok(()),
                 Err(e) => {
@@ -408,7 +423,7 @@ impl Room {
                     return Ok(());
                 }
             },
-            Source::Peer { path, done } => match self.state.apply_update(update) {
+            Source::Peer { path, done } => match self.state.apply_decoded(decoded) {
                 Ok(Applied::Changed) => (path, done),
                 // Nothing new, but it may be new only to writes still in flight: acknowledge it
                 // once those are durable.
@@ -512,26 +527,33 @@ impl Room {
         self.broadcast(Bytes::from(encode::awareness_payload(&payload)));
     }
 
-    /// Replaces the log with a snapshot once the log since the last one passes a threshold.
+    /// Replaces the log with a snapshot once the log since the last one passes a threshold:
+    /// `--compact-after-bytes`, or `--compact-after-updates` entries that also weigh at least half
+    /// the snapshot. The second condition keeps compaction's cost (encoding the whole document)
+    /// proportional to what was written: a big document typed into a keystroke at a time would
+    /// otherwise be re-encoded every thousand keystrokes. Loads stay bounded: at most the
+    /// snapshot plus half its size again in log entries (or the byte threshold).
     async fn maybe_compact(&mut self, outbox: &mut Outbox) -> Result<(), StoreError> {
         let cfg = &self.registry.config;
-        if self.tail.entries < cfg.compact_after_updates
-            && self.tail.bytes < cfg.compact_after_bytes
-        {
+        let tail = self.tail;
+        let due = tail.bytes >= cfg.compact_after_bytes
+            || (tail.entries >= cfg.compact_after_updates && tail.bytes >= tail.snapshot_bytes / 2);
+        if !due {
             return Ok(());
         }
-        debug!(doc = %self.name, entries = self.tail.entries, bytes = self.tail.bytes, "compacting");
+        debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, "compacting");
         // The store writes in order, so this snapshot covers exactly the updates appended so far.
-        let commit = self
-            .registry
-            .store
-            .compact(&self.name, self.state.full_state())
-            .await?;
+        let snapshot = self.state.full_state();
+        let snapshot_bytes = snapshot.len() as u64;
+        let commit = self.registry.store.compact(&self.name, snapshot).await?;
         outbox.0.push_back(Pending {
             commit,
             then: Vec::new(),
         });
-        self.tail = LogTail::default();
+        self.tail = LogTail {
+            snapshot_bytes,
+            ..LogTail::default()
+        };
         Ok(())
     }
 

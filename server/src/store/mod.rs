@@ -70,6 +70,7 @@ impl StoredDoc {
         LogTail {
             entries: self.updates.len() as u64,
             bytes: self.updates.iter().map(|u| u.len() as u64).sum(),
+            snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.len() as u64),
         }
     }
 }
@@ -79,6 +80,8 @@ impl StoredDoc {
 pub struct LogTail {
     pub entries: u64,
     pub bytes: u64,
+    /// Size of the snapshot the tail follows (0 without one).
+    pub snapshot_bytes: u64,
 }
 
 /// An update to append to the log.
