@@ -16,9 +16,11 @@
 //!
 //! Run: `cargo bench -p concord-crdt --bench hot_paths`.
 
+#[path = "common/trace_file.rs"]
+mod trace_file;
+
 use std::collections::VecDeque;
 use std::hint::black_box;
-use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -61,26 +63,6 @@ struct Fixture {
     paper_state: Vec<u8>,
 }
 
-/// `(position, delete count, inserted text)` of every patch of a sequential trace, in order.
-fn read_patches(path: &Path) -> Result<Vec<(u32, u32, String)>, String> {
-    let raw = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(raw.as_slice())
-        .read_to_string(&mut json)
-        .map_err(|e| format!("gunzipping {}: {e}", path.display()))?;
-    let trace: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    let mut patches = Vec::new();
-    for txn in trace["txns"].as_array().ok_or("no txns")? {
-        for p in txn["patches"].as_array().ok_or("no patches")? {
-            let pos = p[0].as_u64().ok_or("bad position")? as u32;
-            let del = p[1].as_u64().ok_or("bad delete count")? as u32;
-            let ins = p[2].as_str().ok_or("bad insert")?.to_string();
-            patches.push((pos, del, ins));
-        }
-    }
-    Ok(patches)
-}
-
 /// Replays `patches` into one yrs client document, one transaction per patch, and returns each
 /// transaction's update plus the document's full state after `snapshot_at` patches.
 fn replay(patches: &[(u32, u32, String)], snapshot_at: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
@@ -114,7 +96,7 @@ fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
-            let patches = match read_patches(Path::new(TRACE)) {
+            let patches = match trace_file::read_sequential(Path::new(TRACE)).map(|(p, _)| p) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("skipping the crdt hot-path benchmarks: no editing trace ({e})");

@@ -28,7 +28,9 @@
 //! 10 samples" warning for the slower ones is expected. Without the trace
 //! (`shared/data/editing-traces`) it prints why and measures nothing.
 
-use std::io::Read;
+#[path = "../../crdt/benches/common/trace_file.rs"]
+mod trace_file;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -70,35 +72,11 @@ struct Fixture {
     end: String,
 }
 
-/// `(position, delete count, inserted text)` of every patch of a sequential trace, in order, and
-/// its final text.
-type Trace = (Vec<(u32, u32, String)>, String);
-
-fn read_trace(path: &Path) -> Result<Trace, String> {
-    let raw = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(raw.as_slice())
-        .read_to_string(&mut json)
-        .map_err(|e| format!("gunzipping {}: {e}", path.display()))?;
-    let trace: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    let mut patches = Vec::new();
-    for txn in trace["txns"].as_array().ok_or("no txns")? {
-        for p in txn["patches"].as_array().ok_or("no patches")? {
-            let pos = p[0].as_u64().ok_or("bad position")? as u32;
-            let del = p[1].as_u64().ok_or("bad delete count")? as u32;
-            let ins = p[2].as_str().ok_or("bad insert")?.to_string();
-            patches.push((pos, del, ins));
-        }
-    }
-    let end = trace["endContent"].as_str().ok_or("no endContent")?;
-    Ok((patches, end.to_string()))
-}
-
 fn fixture() -> Option<&'static Fixture> {
     static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
-            let (patches, end) = match read_trace(Path::new(TRACE)) {
+            let (patches, end) = match trace_file::read_sequential(Path::new(TRACE)) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("skipping the replay benchmark: no editing trace ({e})");
