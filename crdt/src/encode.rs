@@ -8,7 +8,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::encoder::Encode;
 
-use crate::message::MSG_AWARENESS;
+use crate::message::{MSG_AWARENESS, MSG_SYNC, SYNC_UPDATE};
 
 /// `[0, 0, sv]`: our state vector; the client answers with the edits we lack.
 pub fn sync_step1(sv: &StateVector) -> Vec<u8> {
@@ -21,9 +21,15 @@ pub fn sync_step2(update: &[u8]) -> Vec<u8> {
     Message::Sync(SyncMessage::SyncStep2(update.to_vec())).encode_v1()
 }
 
-/// `[0, 2, update]`: a live edit.
+/// `[0, 2, update]`: a live edit. Written directly rather than through [`Message`] (whose
+/// encoder starts with a generic buffer and takes an owned copy of the update): this runs once
+/// per relayed edit. `yrs_reads_every_frame_we_write` checks the bytes are what yrs writes.
 pub fn update(update: &[u8]) -> Vec<u8> {
-    Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1()
+    let mut out = Vec::with_capacity(update.len() + 7);
+    out.write_var(MSG_SYNC);
+    out.write_var(SYNC_UPDATE);
+    out.write_buf(update);
+    out
 }
 
 /// `[1, awareness]`: presence states.
@@ -71,6 +77,12 @@ mod tests {
             Message::decode_v1(&update(&[0, 0])).unwrap(),
             Message::Sync(SyncMessage::Update(u)) if u == [0, 0]
         ));
+        // Byte for byte what yrs writes, at a length whose varint takes two bytes.
+        let big = vec![7u8; 300];
+        assert_eq!(
+            update(&big),
+            Message::Sync(SyncMessage::Update(big.clone())).encode_v1()
+        );
         assert!(matches!(
             Message::decode_v1(&permission_denied("no")).unwrap(),
             Message::Auth(Some(r)) if r == "no"

@@ -19,7 +19,7 @@ pub mod message;
 pub mod name;
 pub mod replication;
 
-pub use doc::{Applied, ApplyError, DocState};
+pub use doc::{Applied, ApplyError, Batch, DocState};
 pub use message::{ClientMessage, DecodeError, IncomingUpdate, decode_frame};
 pub use name::{DocName, NameError};
 pub use replication::{NodeId, PeerDecodeError, PeerMessage};

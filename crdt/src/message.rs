@@ -77,6 +77,13 @@ pub enum ClientMessage {
     Unknown(u64),
 }
 
+impl ClientMessage {
+    /// Whether this message carries a document update (a Step2 or a live edit).
+    pub fn is_update(&self) -> bool {
+        matches!(self, ClientMessage::SyncStep2(_) | ClientMessage::Update(_))
+    }
+}
+
 /// Why a frame was refused. Each variant maps to the WebSocket close code the connection is
 /// closed with ([`DecodeError::close_code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

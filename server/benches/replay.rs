@@ -50,6 +50,10 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+// The server's allocator (`main.rs`), so both sides of the ratio allocate as the server does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TRACE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/data/editing-traces/sequential/automerge-paper.json.gz"

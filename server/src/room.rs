@@ -21,7 +21,7 @@ use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::sync::awareness::AwarenessUpdate;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{
-    Applied, ClientMessage, DocName, DocState, IncomingUpdate, NodeId, PeerMessage, encode,
+    Applied, ApplyError, ClientMessage, DocName, DocState, IncomingUpdate, NodeId, PeerMessage, encode,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -122,6 +122,18 @@ impl Outbox {
         self.0.is_empty()
     }
 
+    /// The oldest write if it has completed, without waiting.
+    fn try_next(&mut self) -> Option<(Result<Seq, StoreError>, Vec<Effect>)> {
+        let p = self.0.front_mut()?;
+        let r = match p.commit.try_recv() {
+            Ok(r) => r,
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => Err(StoreError::Closed),
+        };
+        let p = self.0.pop_front().expect("front exists");
+        Some((r, p.then))
+    }
+
     /// Waits for the oldest write; pending forever when there is none (for `select!`).
     async fn next(&mut self) -> (Result<Seq, StoreError>, Vec<Effect>) {
         match self.0.front_mut() {
@@ -146,6 +158,10 @@ enum Source {
 
 /// Most inbox messages a room handles per wake-up before it looks at commits and timers again.
 const INBOX_BATCH: usize = 64;
+
+/// How far past its compaction threshold a room with messages waiting lets its log grow before
+/// it compacts anyway ([`Room::maybe_compact`]).
+const BUSY_COMPACTION_FACTOR: u64 = 4;
 
 /// How often, at most, a room with updates waiting for missing dependencies asks its peers.
 const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -232,24 +248,36 @@ impl Room {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut idle_since = Some(Instant::now());
+        let mut batch = Vec::with_capacity(INBOX_BATCH);
         loop {
             let deadline = idle_since.map(|t| t + evict_after);
             tokio::select! {
                 (result, effects) = outbox.next() => match result {
-                    Ok(_) => self.run_effects(effects),
-                    Err(e) => return Stop::StoreFailed(e),
-                },
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { return Stop::Shutdown };
-                    if let Err(e) = self.handle(msg, outbox).await {
-                        return Stop::StoreFailed(e);
-                    }
-                    // Whatever else is already queued is handled in the same wake-up.
-                    for _ in 1..INBOX_BATCH {
-                        let Ok(msg) = rx.try_recv() else { break };
-                        if let Err(e) = self.handle(msg, outbox).await {
+                    Ok(_) => {
+                        self.run_effects(effects);
+                        if let Err(e) = self.run_committed(outbox) {
                             return Stop::StoreFailed(e);
                         }
+                    }
+                    Err(e) => return Stop::StoreFailed(e),
+                },
+                // Everything already queued is taken in one wake-up: `recv_many` frees the
+                // inbox's slots once per batch, so a sender blocked on a full inbox is woken
+                // once per batch rather than once per message.
+                n = rx.recv_many(&mut batch, INBOX_BATCH) => {
+                    if n == 0 {
+                        return Stop::Shutdown;
+                    }
+                    if let Err(e) = self.handle_batch(&mut batch, outbox).await {
+                        return Stop::StoreFailed(e);
+                    }
+                    if let Err(e) = self.maybe_compact(outbox, !rx.is_empty()).await {
+                        return Stop::StoreFailed(e);
+                    }
+                    // Writes the store already committed (an in-memory store, or a group commit
+                    // that covered this batch) release their effects now, not one per loop turn.
+                    if let Err(e) = self.run_committed(outbox) {
+                        return Stop::StoreFailed(e);
                     }
                     idle_since = self.members.is_empty().then(Instant::now);
                 }
@@ -306,6 +334,75 @@ impl Room {
         }
         let error = JoinError::Load(format!("storage failure: {e}"));
         refuse_all(rx, error, &self.name, &self.registry.store).await;
+    }
+
+    /// Handles one wake-up's messages in order. Consecutive document updates (frames holding
+    /// only updates, and updates from peers) are applied in one yrs transaction
+    /// ([`DocState::batch`]), then stored and relayed one by one, as if applied one by one.
+    async fn handle_batch(
+        &mut self,
+        batch: &mut Vec<RoomMsg>,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
+        let mut run = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                RoomMsg::Frame { id, msgs } if msgs.iter().all(ClientMessage::is_update) => {
+                    for m in msgs {
+                        if let ClientMessage::SyncStep2(u) | ClientMessage::Update(u) = m {
+                            run.push((Source::Client(id), u));
+                        }
+                    }
+                }
+                RoomMsg::Replicated { update, path, done } => {
+                    run.push((Source::Peer { path, done }, update));
+                }
+                other => {
+                    self.accept_updates(&mut run, outbox).await?;
+                    self.handle(other, outbox).await?;
+                }
+            }
+        }
+        self.accept_updates(&mut run, outbox).await
+    }
+
+    /// Applies `run` in one transaction, then stores and relays each update that changed the
+    /// document, in order. Like [`Room::handle`], it skips updates from a connection that is no
+    /// longer a member, or that sent an invalid update earlier in the run.
+    async fn accept_updates(
+        &mut self,
+        run: &mut Vec<(Source, IncomingUpdate)>,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut refused: Vec<ConnId> = Vec::new();
+        let verdicts: Vec<Option<Result<Applied, ApplyError>>> = {
+            let members = &self.members;
+            let mut batch = self.state.batch();
+            run.iter_mut()
+                .map(|(source, update)| {
+                    if let Source::Client(id) = source
+                        && (!members.contains_key(id) || refused.contains(id))
+                    {
+                        return None;
+                    }
+                    let verdict = batch.apply(std::mem::take(&mut update.decoded));
+                    if let (Err(_), Source::Client(id)) = (&verdict, &*source) {
+                        refused.push(*id);
+                    }
+                    Some(verdict)
+                })
+                .collect()
+        };
+        for ((source, update), verdict) in run.drain(..).zip(verdicts) {
+            if let Some(verdict) = verdict {
+                self.after_apply(source, update.bytes, verdict, outbox)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, msg: RoomMsg, outbox: &mut Outbox) -> Result<(), StoreError> {
@@ -413,9 +510,21 @@ impl Room {
         outbox: &mut Outbox,
     ) -> Result<(), StoreError> {
         let IncomingUpdate { bytes, decoded } = update;
+        let verdict = self.state.apply_decoded(decoded);
+        self.after_apply(source, bytes, verdict, outbox).await
+    }
+
+    /// What follows applying an update: refuse it, drop it as known, or store and relay it.
+    async fn after_apply(
+        &mut self,
+        source: Source,
+        bytes: Vec<u8>,
+        verdict: Result<Applied, ApplyError>,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
         let bytes = Bytes::from(bytes);
         let (path, done) = match source {
-            Source::Client(id) => match self.state.apply_decoded(decoded) {
+            Source::Client(id) => match verdict {
                 Ok(Applied::Changed) => (Vec::new(), None),
                 Ok(Applied::Unchanged) => return Ok(()),
                 Err(e) => {
@@ -423,7 +532,7 @@ impl Room {
                     return Ok(());
                 }
             },
-            Source::Peer { path, done } => match self.state.apply_decoded(decoded) {
+            Source::Peer { path, done } => match verdict {
                 Ok(Applied::Changed) => (path, done),
                 // Nothing new, but it may be new only to writes still in flight: acknowledge it
                 // once those are durable.
@@ -455,16 +564,17 @@ impl Room {
             })
             .await?;
         self.exists = true;
-        let mut then: Vec<Effect> = done.into_iter().map(Effect::Done).collect();
+        let mut then = Vec::with_capacity(2);
         match self.registry.config.durability {
-            Durability::Sync => then.insert(0, Effect::Broadcast(frame)),
+            Durability::Sync => then.push(Effect::Broadcast(frame)),
             Durability::Async => self.broadcast(frame),
         }
+        then.extend(done.map(Effect::Done));
         outbox.0.push_back(Pending { commit, then });
         if self.repair_due.is_none() {
             self.repair_gaps();
         }
-        self.maybe_compact(outbox).await
+        Ok(())
     }
 
     /// Updates waiting for ones they depend on (delivered out of order by different links):
@@ -533,11 +643,18 @@ impl Room {
     /// proportional to what was written: a big document typed into a keystroke at a time would
     /// otherwise be re-encoded every thousand keystrokes. Loads stay bounded: at most the
     /// snapshot plus half its size again in log entries (or the byte threshold).
-    async fn maybe_compact(&mut self, outbox: &mut Outbox) -> Result<(), StoreError> {
+    ///
+    /// Checked once per wake-up. While more messages wait (`busy`), compaction, which holds up
+    /// everything queued behind it for as long as encoding the whole document takes, is put off
+    /// until the log is [`BUSY_COMPACTION_FACTOR`] times over the threshold: a room catches up
+    /// first and compacts in its next quiet moment.
+    async fn maybe_compact(&mut self, outbox: &mut Outbox, busy: bool) -> Result<(), StoreError> {
         let cfg = &self.registry.config;
         let tail = self.tail;
-        let due = tail.bytes >= cfg.compact_after_bytes
-            || (tail.entries >= cfg.compact_after_updates && tail.bytes >= tail.snapshot_bytes / 2);
+        let k = if busy { BUSY_COMPACTION_FACTOR } else { 1 };
+        let due = tail.bytes >= cfg.compact_after_bytes.saturating_mul(k)
+            || (tail.entries >= cfg.compact_after_updates.saturating_mul(k)
+                && tail.bytes >= (tail.snapshot_bytes / 2).saturating_mul(k));
         if !due {
             return Ok(());
         }
@@ -554,6 +671,15 @@ impl Room {
             snapshot_bytes,
             ..LogTail::default()
         };
+        Ok(())
+    }
+
+    /// Runs the effects of every write at the front of the outbox that has already committed.
+    fn run_committed(&mut self, outbox: &mut Outbox) -> Result<(), StoreError> {
+        while let Some((result, effects)) = outbox.try_next() {
+            result?;
+            self.run_effects(effects);
+        }
         Ok(())
     }
 
