@@ -96,6 +96,11 @@ struct Args {
     quiet: bool,
 }
 
+/// The server's allocator: thousands of editors' documents and frames, allocated and freed on
+/// both runtime workers.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

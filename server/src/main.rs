@@ -5,8 +5,21 @@ use clap::Parser;
 use concord_server::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// mimalloc rather than glibc's malloc: per-thread heaps suit a room's many small allocations
+/// freed on other threads (frames, log entries), where glibc grew and shrank its arenas
+/// constantly (a third of the replay benchmark was the kernel zeroing pages for it).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(concord_server::memory::on_worker_park)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
