@@ -6,7 +6,8 @@
 //!   [`DecodeError`]s that carry their WebSocket close code.
 //! - [`encode`]: outgoing frames, one message per frame.
 //! - [`doc`]: [`DocState`], a `yrs::Doc` plus awareness, owned by one server task; it applies
-//!   updates and says whether they brought anything new ([`Applied`]).
+//!   updates and says whether they brought anything new ([`Applied`]), one at a time or several
+//!   in one transaction ([`Batch`]).
 //! - [`replication`]: the envelope nodes exchange over peer links ([`PeerMessage`]), with the
 //!   path of node ids ([`NodeId`]) that prevents replication loops.
 //!

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use concord_crdt::yrs::updates::decoder::Decode;
-use concord_crdt::yrs::{Doc, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
+use concord_crdt::yrs::{
+    Assoc, Doc, IndexedSequence, ReadTxn, StateVector, StickyIndex, Text, Transact, Update, WriteTxn,
+};
 use concord_crdt::{ClientMessage, decode_frame, encode};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -59,8 +61,12 @@ pub struct Editor {
     pub writes: bool,
     /// Set at the first Step2 (counted once, not again after reconnects).
     pub synced: std::sync::atomic::AtomicBool,
-    /// Where random typing goes next (a character offset; others' edits may shift the text).
-    pub cursor: std::sync::atomic::AtomicU32,
+    /// Where random typing goes next: just after the last character this editor typed, wherever
+    /// others' edits moved it (as an editor maps its cursor through remote changes). Kept as a
+    /// character offset instead, others' inserts before it would shift the text under it and
+    /// every keystroke would land in a new spot, splitting the text into an item per keystroke;
+    /// typing on from one's own last character extends one item instead, as real typing does.
+    pub cursor: std::sync::Mutex<Option<StickyIndex>>,
 }
 
 /// Root text every editor writes to.
@@ -197,7 +203,11 @@ impl Editor {
             Workload::Random { .. } => {
                 let mut rng = rand::rng();
                 let len = text.len(&txn);
-                let mut at = self.cursor.load(Ordering::Relaxed).min(len);
+                let mut cursor = self.cursor.lock().unwrap();
+                let mut at = cursor
+                    .as_ref()
+                    .and_then(|c| c.get_offset(&txn))
+                    .map_or(len, |o| o.index.min(len));
                 if rng.random_bool(0.05) {
                     at = rng.random_range(0..=len);
                 }
@@ -211,7 +221,9 @@ impl Editor {
                     text.insert(&mut txn, at, &s);
                     at += s.len() as u32;
                 }
-                self.cursor.store(at, Ordering::Relaxed);
+                // Bound to the character before it (`Before`): others typing at the same spot
+                // go after the cursor, not between this editor's characters.
+                *cursor = text.sticky_index(&txn, at, Assoc::Before);
             }
             Workload::Trace { agent, .. } => {
                 drop(txn);

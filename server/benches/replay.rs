@@ -19,10 +19,14 @@
 //!   dir with `--durability async` and `sync`.
 //!
 //! Each run checks the resulting text against the trace's `endContent` and that the member
-//! received every update. After the criterion output, the medians, throughput (edits/s) and the
-//! ratios to `raw_yrs` are printed and written to `target/criterion/replay-ratio.txt`.
+//! received every update. Each actor run is preceded by a `raw_yrs` run (outside criterion's
+//! timing), and its ratio is taken to that neighbour: this machine's speed drifts by tens of
+//! percent within minutes, which made ratios of separate medians swing between runs of the
+//! benchmark. After the criterion output, the medians, throughput (edits/s) and the median paired
+//! ratios are printed and written to `target/criterion/replay-ratio.txt`. Both sides allocate
+//! with mimalloc, as the `concord` binary does.
 //!
-//! Run: `cargo bench -p concord-server --bench replay` (about 3.5 minutes on 2 cores, half a
+//! Run: `cargo bench -p concord-server --bench replay` (about 4 minutes on 2 cores, a quarter of a
 //! minute of it turning the trace into updates: a yrs client finds each edit's position by
 //! walking the text). Each benchmark is ten runs, one per sample; criterion's "unable to complete
 //! 10 samples" warning for the slower ones is expected. Without the trace
@@ -125,15 +129,24 @@ fn fixture() -> Option<&'static Fixture> {
         .as_ref()
 }
 
-/// Every timed run, by benchmark, for the summary after criterion's own output.
-static RUNS: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
+/// Every timed run, by benchmark, for the summary after criterion's own output: its time and,
+/// for the actor variants, the time of the raw yrs run made just before it.
+static RUNS: Mutex<Vec<(String, Duration, Option<Duration>)>> = Mutex::new(Vec::new());
 
 /// Runs `run` `iters` times, records each run's time and returns their sum (for `iter_custom`).
-fn timed(name: &str, iters: u64, mut run: impl FnMut() -> Duration) -> Duration {
+/// With `paired`, a raw yrs run precedes each run (untimed by criterion): this machine's speed
+/// drifts by tens of percent within minutes, so the ratio is taken between neighbouring runs.
+fn timed(
+    name: &str,
+    iters: u64,
+    paired: Option<&Fixture>,
+    mut run: impl FnMut() -> Duration,
+) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
+        let raw = paired.map(raw_yrs);
         let t = run();
-        RUNS.lock().unwrap().push((name.to_string(), t));
+        RUNS.lock().unwrap().push((name.to_string(), t, raw));
         total += t;
     }
     total
@@ -311,11 +324,13 @@ fn replay(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Elements(fx.updates.len() as u64));
     g.bench_function("raw_yrs", |b| {
-        b.iter_custom(|iters| timed("raw_yrs", iters, || raw_yrs(fx)))
+        b.iter_custom(|iters| timed("raw_yrs", iters, None, || raw_yrs(fx)))
     });
     for v in VARIANTS {
         g.bench_function(v.name, |b| {
-            b.iter_custom(|iters| timed(v.name, iters, || rt.block_on(actor_replay(fx, v))))
+            b.iter_custom(|iters| {
+                timed(v.name, iters, Some(fx), || rt.block_on(actor_replay(fx, v)))
+            })
         });
     }
     g.finish();
@@ -337,7 +352,7 @@ fn report() {
     let Some(fx) = fixture() else { return };
     let runs = std::mem::take(&mut *RUNS.lock().unwrap());
     let mut names: Vec<String> = Vec::new();
-    for (name, _) in &runs {
+    for (name, _, _) in &runs {
         if !names.contains(name) {
             names.push(name.clone());
         }
@@ -345,39 +360,39 @@ fn report() {
     if names.is_empty() {
         return;
     }
-    let of = |name: &str| {
-        let times: Vec<Duration> = runs
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, t)| *t)
-            .collect();
-        (times.len(), median(times))
-    };
     let edits = fx.updates.len();
-    let raw = names
-        .iter()
-        .any(|n| n == "raw_yrs")
-        .then(|| of("raw_yrs").1);
     let mut out = format!(
-        "replay of automerge-paper ({edits} edits), median of all runs (warm-up included)\n"
+        "replay of automerge-paper ({edits} edits), medians of all runs (warm-up included); \
+         ratio: median over runs of (run / the raw yrs run just before it)\n"
     );
+    let mut ratios = 0;
     for name in &names {
-        let (n, t) = of(name);
+        let mine: Vec<&(String, Duration, Option<Duration>)> =
+            runs.iter().filter(|(n, _, _)| n == name).collect();
+        let t = median(mine.iter().map(|r| r.1).collect());
         let rate = edits as f64 / t.as_secs_f64();
-        out += &format!("  {name:<28} {t:>10.3?}  {rate:>9.0} edits/s  ({n} runs)");
-        if let Some(raw) = raw.filter(|_| name != "raw_yrs") {
-            let ratio = t.as_secs_f64() / raw.as_secs_f64();
+        out += &format!(
+            "  {name:<28} {t:>10.3?}  {rate:>9.0} edits/s  ({} runs)",
+            mine.len()
+        );
+        let paired: Vec<f64> = mine
+            .iter()
+            .filter_map(|(_, t, raw)| raw.map(|raw| t.as_secs_f64() / raw.as_secs_f64()))
+            .collect();
+        if !paired.is_empty() {
+            let ratio = median_f64(paired);
             let verdict = if ratio <= TARGET_RATIO {
                 "within"
             } else {
                 "over"
             };
             out += &format!("  {ratio:.2}x raw yrs ({verdict} the {TARGET_RATIO}x target)");
+            ratios += 1;
         }
         out += "\n";
     }
     eprintln!("\n{out}");
-    if raw.is_none() || names.len() < 2 {
+    if ratios == 0 {
         // A filtered run (or `--profile-time`) has no ratio: keep the last file that had one.
         return;
     }
@@ -388,6 +403,16 @@ fn report() {
         eprintln!("could not write {}: {e}", path.display());
     } else {
         eprintln!("written to {}", path.display());
+    }
+}
+
+fn median_f64(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
 

@@ -10,7 +10,8 @@
 //!   they are durable, tracks presence.
 //! - [`demo`]: `concord demo`, three meshed regions in one process.
 //! - [`delay_proxy`]: a latency-adding, cuttable TCP proxy simulating inter-region links.
-//! - [`memory`]: returns freed memory to the OS after evictions.
+//! - [`memory`]: returns freed memory to the OS after evictions (glibc for SQLite, and each
+//!   worker's mimalloc heap: the `concord` binary's allocator).
 //! - [`replication`]: peer links to other regions: authentication, log streaming with
 //!   acknowledged cursors, loop prevention, gap repair.
 //! - [`store`]: the `Store` trait and its embedded SQLite backend (update log, snapshots).
