@@ -10,7 +10,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use yrs::sync::Awareness;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateSummary};
 use yrs::{
-    ClientID, Doc, GetString, IdSet, Options, ReadTxn, StateVector, Transact, TransactionMut, Update,
+    ClientID, Doc, GetString, IdSet, Options, ReadTxn, StateVector, Transact, TransactionMut,
+    Update,
 };
 
 use crate::message::IncomingUpdate;
@@ -172,7 +173,11 @@ fn clients_of(update: &Update) -> Vec<ClientID> {
 fn progress(txn: &TransactionMut, clients: &[ClientID]) -> u64 {
     let len = |set: &IdSet, c: &ClientID| -> u64 {
         set.get(c)
-            .map(|r| r.iter().map(|(range, _)| u64::from(range.end - range.start)).sum())
+            .map(|r| {
+                r.iter()
+                    .map(|(range, _)| u64::from(range.end - range.start))
+                    .sum()
+            })
             .unwrap_or(0)
     };
     clients

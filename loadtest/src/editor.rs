@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::yrs::{
-    Assoc, Doc, IndexedSequence, ReadTxn, StateVector, StickyIndex, Text, Transact, Update, WriteTxn,
+    Assoc, Doc, IndexedSequence, ReadTxn, StateVector, StickyIndex, Text, Transact, Update,
+    WriteTxn,
 };
 use concord_crdt::{ClientMessage, decode_frame, encode};
 use futures_util::{SinkExt, StreamExt};

@@ -21,7 +21,8 @@ use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::sync::awareness::AwarenessUpdate;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{
-    Applied, ApplyError, ClientMessage, DocName, DocState, IncomingUpdate, NodeId, PeerMessage, encode,
+    Applied, ApplyError, ClientMessage, DocName, DocState, IncomingUpdate, NodeId, PeerMessage,
+    encode,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -396,11 +397,59 @@ impl Room {
                 })
                 .collect()
         };
+        // What changed the document is appended as one write; its broadcasts (sync durability)
+        // and the peers' acknowledgements wait for that write, in order.
+        let mut appends = Vec::new();
+        let mut then = Vec::new();
         for ((source, update), verdict) in run.drain(..).zip(verdicts) {
-            if let Some(verdict) = verdict {
-                self.after_apply(source, update.bytes, verdict, outbox)
-                    .await?;
+            let Some(verdict) = verdict else { continue };
+            let (path, done) = match (source, verdict) {
+                (Source::Client(_), Ok(Applied::Changed)) => (Vec::new(), None),
+                (Source::Client(_), Ok(Applied::Unchanged)) => continue,
+                (Source::Client(id), Err(e)) => {
+                    self.reject(id, close_code::INVALID, e.to_string());
+                    continue;
+                }
+                (Source::Peer { path, done }, Ok(Applied::Changed)) => (path, done),
+                // Nothing new (or unusable), but it may be new only to writes still in flight,
+                // this run's included: acknowledge it once those are durable.
+                (Source::Peer { path, done }, verdict) => {
+                    if let Err(e) = verdict {
+                        warn!(doc = %self.name, ?path, error = %e, "a peer's update does not apply; skipping it");
+                    }
+                    if let Some(done) = done {
+                        if appends.is_empty() {
+                            self.effect(outbox, Effect::Done(done));
+                        } else {
+                            then.push(Effect::Done(done));
+                        }
+                    }
+                    continue;
+                }
+            };
+            let bytes = Bytes::from(update.bytes);
+            let frame = Bytes::from(encode::update(&bytes));
+            self.tail.entries += 1;
+            self.tail.bytes += bytes.len() as u64;
+            appends.push(Append {
+                doc: self.name.clone(),
+                update: bytes,
+                path,
+            });
+            match self.registry.config.durability {
+                Durability::Sync => then.push(Effect::Broadcast(frame)),
+                Durability::Async => self.broadcast(frame),
             }
+            then.extend(done.map(Effect::Done));
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        let commit = self.registry.store.append_all(appends).await?;
+        self.exists = true;
+        outbox.0.push_back(Pending { commit, then });
+        if self.repair_due.is_none() {
+            self.repair_gaps();
         }
         Ok(())
     }
@@ -501,7 +550,7 @@ impl Room {
         Ok(())
     }
 
-    /// Applies an update; if it brought something new, stores it and relays it (to members and,
+    /// Applies one update; if it brought something new, stores it and relays it (to members and,
     /// through the log, to peers) once stored, or at once with async durability.
     async fn accept_update(
         &mut self,
@@ -509,72 +558,8 @@ impl Room {
         update: IncomingUpdate,
         outbox: &mut Outbox,
     ) -> Result<(), StoreError> {
-        let IncomingUpdate { bytes, decoded } = update;
-        let verdict = self.state.apply_decoded(decoded);
-        self.after_apply(source, bytes, verdict, outbox).await
-    }
-
-    /// What follows applying an update: refuse it, drop it as known, or store and relay it.
-    async fn after_apply(
-        &mut self,
-        source: Source,
-        bytes: Vec<u8>,
-        verdict: Result<Applied, ApplyError>,
-        outbox: &mut Outbox,
-    ) -> Result<(), StoreError> {
-        let bytes = Bytes::from(bytes);
-        let (path, done) = match source {
-            Source::Client(id) => match verdict {
-                Ok(Applied::Changed) => (Vec::new(), None),
-                Ok(Applied::Unchanged) => return Ok(()),
-                Err(e) => {
-                    self.reject(id, close_code::INVALID, e.to_string());
-                    return Ok(());
-                }
-            },
-            Source::Peer { path, done } => match verdict {
-                Ok(Applied::Changed) => (path, done),
-                // Nothing new, but it may be new only to writes still in flight: acknowledge it
-                // once those are durable.
-                Ok(Applied::Unchanged) => {
-                    if let Some(done) = done {
-                        self.effect(outbox, Effect::Done(done));
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(doc = %self.name, ?path, error = %e, "a peer's update does not apply; skipping it");
-                    if let Some(done) = done {
-                        self.effect(outbox, Effect::Done(done));
-                    }
-                    return Ok(());
-                }
-            },
-        };
-        let frame = Bytes::from(encode::update(&bytes));
-        self.tail.entries += 1;
-        self.tail.bytes += bytes.len() as u64;
-        let commit = self
-            .registry
-            .store
-            .append(Append {
-                doc: self.name.clone(),
-                update: bytes,
-                path,
-            })
-            .await?;
-        self.exists = true;
-        let mut then = Vec::with_capacity(2);
-        match self.registry.config.durability {
-            Durability::Sync => then.push(Effect::Broadcast(frame)),
-            Durability::Async => self.broadcast(frame),
-        }
-        then.extend(done.map(Effect::Done));
-        outbox.0.push_back(Pending { commit, then });
-        if self.repair_due.is_none() {
-            self.repair_gaps();
-        }
-        Ok(())
+        self.accept_updates(&mut vec![(source, update)], outbox)
+            .await
     }
 
     /// Updates waiting for ones they depend on (delivered out of order by different links):

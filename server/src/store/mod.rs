@@ -134,6 +134,17 @@ pub trait Store: Send + Sync + 'static {
     /// Queues `entry` for the log. Waits only if the write queue is full (backpressure).
     async fn append(&self, entry: Append) -> Result<Commit, StoreError>;
 
+    /// Queues `entries` (at least one) for the log, in order, as one write: the commit resolves
+    /// with the last one's sequence once all of them are durable. A room appends the updates of
+    /// one wake-up this way; this default appends them one by one.
+    async fn append_all(&self, entries: Vec<Append>) -> Result<Commit, StoreError> {
+        let mut last = None;
+        for entry in entries {
+            last = Some(self.append(entry).await?);
+        }
+        last.ok_or_else(|| StoreError::Backend("append_all of no entries".into()))
+    }
+
     /// Queues the replacement of `doc`'s log entries so far with `snapshot`, which must contain
     /// every update appended for `doc` before this call. Entries a peer has not acknowledged stay
     /// in the log (for replication) but are no longer read on load.

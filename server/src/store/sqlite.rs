@@ -96,8 +96,9 @@ impl Default for SqliteOptions {
 const MAX_BATCH: usize = 4096;
 
 enum Op {
+    /// Log entries appended in order; `done` gets the last one's sequence.
     Append {
-        entry: Append,
+        entries: Vec<Append>,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     Compact {
@@ -233,7 +234,18 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, entry: Append) -> Result<Commit, StoreError> {
-        self.submit(|done| Op::Append { entry, done }).await
+        self.submit(|done| Op::Append {
+            entries: vec![entry],
+            done,
+        })
+        .await
+    }
+
+    async fn append_all(&self, entries: Vec<Append>) -> Result<Commit, StoreError> {
+        if entries.is_empty() {
+            return Err(StoreError::Backend("append_all of no entries".into()));
+        }
+        self.submit(|done| Op::Append { entries, done }).await
     }
 
     async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
@@ -564,15 +576,20 @@ impl Writer {
                     .store(self.next_seq - 1, Ordering::Release);
                 for (op, seq) in batch.into_iter().zip(seqs) {
                     match op {
-                        Op::Append { entry, done } => {
+                        Op::Append { entries, done } => {
                             let _ = done.send(Ok(seq));
-                            // Nobody listening is fine: replication reads the log when it starts.
-                            let _ = self.feed.entries.send(Arc::new(LogEntry {
-                                seq,
-                                doc: entry.doc,
-                                path: entry.path,
-                                update: entry.update,
-                            }));
+                            // `seq` is the last entry's; they got consecutive ones.
+                            let first = seq + 1 - entries.len() as Seq;
+                            for (entry, seq) in entries.into_iter().zip(first..) {
+                                // Nobody listening is fine: replication reads the log when it
+                                // starts.
+                                let _ = self.feed.entries.send(Arc::new(LogEntry {
+                                    seq,
+                                    doc: entry.doc,
+                                    path: entry.path,
+                                    update: entry.update,
+                                }));
+                            }
                         }
                         other => {
                             if let Some(done) = done_of(other) {
@@ -608,22 +625,26 @@ impl Writer {
         let mut seqs = Vec::with_capacity(batch.len());
         for op in batch {
             match op {
-                Op::Append { entry, .. } => {
-                    let doc_id = self.doc_id(&entry.doc, new_docs)?;
-                    let seq = self.next_seq;
-                    let path = entry
-                        .path
-                        .iter()
-                        .map(NodeId::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    self.conn
-                        .prepare_cached(
-                            "INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![seq as i64, doc_id, path, entry.update.as_ref()])?;
-                    self.next_seq += 1;
-                    seqs.push(seq);
+                Op::Append { entries, .. } => {
+                    let mut doc_ids = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        doc_ids.push(self.doc_id(&entry.doc, new_docs)?);
+                    }
+                    let mut insert = self.conn.prepare_cached(
+                        "INSERT INTO log (seq, doc_id, path, data) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for (entry, doc_id) in entries.iter().zip(doc_ids) {
+                        let seq = self.next_seq;
+                        let path = entry
+                            .path
+                            .iter()
+                            .map(NodeId::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        insert.execute(params![seq as i64, doc_id, path, entry.update.as_ref()])?;
+                        self.next_seq += 1;
+                    }
+                    seqs.push(self.next_seq - 1);
                 }
                 Op::Compact { doc, snapshot, .. } => {
                     let doc_id = self.doc_id(doc, new_docs)?;
@@ -803,6 +824,59 @@ mod tests {
                 .await,
             Err(StoreError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn append_all_writes_entries_in_order_with_consecutive_sequences() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let client = Doc::new();
+        let mut feed = store.subscribe();
+        assert_eq!(append(&store, "a", edit(&client, 0, "a")).await, 1);
+        let other = Doc::new();
+        let entries: Vec<Append> = [("a", "b"), ("new", "c"), ("a", "d")]
+            .into_iter()
+            .map(|(doc, s)| Append {
+                doc: name(doc),
+                update: edit(if doc == "a" { &client } else { &other }, 9, s).into(),
+                path: vec![],
+            })
+            .collect();
+        let last = store
+            .append_all(entries)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last, 4, "the commit carries the last entry's sequence");
+        assert_eq!(store.committed(), 4);
+        let mut seqs: Vec<(Seq, String)> = Vec::new();
+        for _ in 0..4 {
+            // The feed is sent to right after the commits are answered.
+            let e = tokio::time::timeout(Duration::from_secs(5), feed.entries.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            seqs.push((e.seq, e.doc.to_string()));
+        }
+        assert_eq!(
+            seqs,
+            [(1, "a"), (2, "a"), (3, "new"), (4, "a")].map(|(s, d)| (s, d.to_string()))
+        );
+        let logged: Vec<Seq> = store
+            .read_log(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(logged, [1, 2, 3, 4]);
+        let a = store.load(&name("a")).await.unwrap().unwrap();
+        let text = DocState::load(a.parts()).unwrap().text("t").unwrap();
+        assert_eq!(text, "abd");
+        assert!(store.append_all(Vec::new()).await.is_err());
+        store.close().await;
     }
 
     #[tokio::test]
