@@ -339,7 +339,8 @@ impl Room {
 
     /// Handles one wake-up's messages in order. Consecutive document updates (frames holding
     /// only updates, and updates from peers) are applied in one yrs transaction
-    /// ([`DocState::batch`]), then stored and relayed one by one, as if applied one by one.
+    /// ([`DocState::batch`]) and stored as one write, and relayed in order: what members and
+    /// peers see is what handling them one by one would have shown.
     async fn handle_batch(
         &mut self,
         batch: &mut Vec<RoomMsg>,
@@ -367,9 +368,9 @@ impl Room {
         self.accept_updates(&mut run, outbox).await
     }
 
-    /// Applies `run` in one transaction, then stores and relays each update that changed the
-    /// document, in order. Like [`Room::handle`], it skips updates from a connection that is no
-    /// longer a member, or that sent an invalid update earlier in the run.
+    /// Applies `run` in one transaction, then stores the updates that changed the document in
+    /// one write and relays them in order. Like [`Room::handle`], it skips updates from a
+    /// connection that is no longer a member, or that sent an invalid update earlier in the run.
     async fn accept_updates(
         &mut self,
         run: &mut Vec<(Source, IncomingUpdate)>,
