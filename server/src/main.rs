@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc's malloc: per-thread heaps suit a room's many small allocations
 /// freed on other threads (frames, log entries), where glibc grew and shrank its arenas
-/// constantly (a third of the replay benchmark was the kernel zeroing pages for it).
+/// constantly (over a quarter of the room's time in the replay benchmark was the kernel zeroing
+/// pages for it).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
