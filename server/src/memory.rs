@@ -17,6 +17,9 @@ static FREED: AtomicBool = AtomicBool::new(false);
 /// Tasks spawned to wake sleeping workers so they collect (more than any worker count here).
 const WAKE_TASKS: usize = 16;
 
+/// Collections run after an eviction, one per [`TRIM_PERIOD`].
+const COLLECT_ROUNDS: u32 = 3;
+
 /// Bumped when workers should collect their heaps.
 static COLLECT_EPOCH: AtomicU64 = AtomicU64::new(0);
 
@@ -46,11 +49,19 @@ pub fn freed_a_lot() {
 /// Runs until `stop` is cancelled, trimming after evictions.
 pub async fn trim_task(stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(TRIM_PERIOD);
+    // Collections still to run for the last eviction. One is not always enough: a worker woken
+    // by nothing collects late, and memory freed on one thread but owned by another's heap is
+    // only released once its owner collects after that free.
+    let mut rounds = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 if FREED.swap(false, Ordering::Relaxed) {
+                    rounds = COLLECT_ROUNDS;
+                }
+                if rounds > 0 {
+                    rounds -= 1;
                     COLLECT_EPOCH.fetch_add(1, Ordering::Relaxed);
                     // A worker collects when it next parks; idle ones are asleep already. A few
                     // short tasks wake them (the runtime hands new work to sleeping workers), and
