@@ -9,7 +9,9 @@
 //! it makes visible (its broadcast, and any Step2 or HTTP read computed after it) waits in the
 //! [`Outbox`] until the store has committed it. Updates keep flowing while earlier ones commit:
 //! the store batches them into one transaction (group commit), and the outbox releases effects in
-//! order as commits complete. With `--durability async` broadcasts skip the outbox.
+//! order as commits complete. With `--durability async` broadcasts skip the outbox; so do those
+//! of updates from peers, which are on disk at their origin already (peers are sent committed
+//! entries only) and are acknowledged to the peer only once committed here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -404,6 +406,7 @@ impl Room {
         let mut then = Vec::new();
         for ((source, update), verdict) in run.drain(..).zip(verdicts) {
             let Some(verdict) = verdict else { continue };
+            let from_peer = matches!(source, Source::Peer { .. });
             let (path, done) = match (source, verdict) {
                 (Source::Client(_), Ok(Applied::Changed)) => (Vec::new(), None),
                 (Source::Client(_), Ok(Applied::Unchanged)) => continue,
@@ -437,9 +440,13 @@ impl Room {
                 update: bytes,
                 path,
             });
-            match self.registry.config.durability {
-                Durability::Sync => then.push(Effect::Broadcast(frame)),
-                Durability::Async => self.broadcast(frame),
+            // A peer's update is already on disk at its origin (peers are sent committed
+            // entries only), and the link acknowledges it only once it is durable here too, so
+            // the peer keeps it until then: relaying it at once loses nothing in a crash and
+            // keeps a second fsync off the cross-region path.
+            match (self.registry.config.durability, from_peer) {
+                (Durability::Sync, false) => then.push(Effect::Broadcast(frame)),
+                (Durability::Sync, true) | (Durability::Async, _) => self.broadcast(frame),
             }
             then.extend(done.map(Effect::Done));
         }
