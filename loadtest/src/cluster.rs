@@ -8,9 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use concord_server::delay_proxy::DelayProxy;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::network::Network;
 
 /// One region as the load sees it.
 pub struct Region {
@@ -26,7 +27,7 @@ pub struct Region {
 pub struct Cluster {
     pub regions: Vec<Region>,
     children: Vec<Child>,
-    _proxies: Vec<DelayProxy>,
+    _network: Option<Network>,
 }
 
 pub struct SpawnOptions<'a> {
@@ -54,11 +55,11 @@ impl Cluster {
         }
         let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
         // One proxy per pair: node i dials node j (i < j) through it. Links carry both directions.
+        let mut network = Network::start()?;
         let mut pairs = Vec::new();
         for i in 0..o.regions {
             for j in i + 1..o.regions {
-                let p = DelayProxy::start("127.0.0.1:0".parse().unwrap(), placeholder, o.latency)
-                    .await?;
+                let p = network.add_proxy(placeholder, o.latency).await?;
                 pairs.push((i, j, p));
             }
         }
@@ -72,7 +73,7 @@ impl Cluster {
             let peers: Vec<String> = pairs
                 .iter()
                 .filter(|(a, _, _)| *a == i)
-                .map(|(_, _, p)| format!("http://{}", p.addr))
+                .map(|(_, _, p)| format!("http://{}", network.proxy(*p).addr))
                 .collect();
             let mut cmd = Command::new(o.bin);
             cmd.args([
@@ -113,12 +114,12 @@ impl Cluster {
             children.push(child);
         }
         for (_, j, p) in &pairs {
-            p.set_target(addrs[*j]);
+            network.proxy(*p).set_target(addrs[*j]);
         }
         let cluster = Cluster {
             regions,
             children,
-            _proxies: pairs.into_iter().map(|(_, _, p)| p).collect(),
+            _network: Some(network),
         };
         cluster.wait_meshed().await?;
         Ok(cluster)
@@ -148,7 +149,7 @@ impl Cluster {
         Cluster {
             regions,
             children: Vec::new(),
-            _proxies: Vec::new(),
+            _network: None,
         }
     }
 

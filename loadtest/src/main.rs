@@ -3,6 +3,7 @@
 //!
 //! - [`cluster`]: starts N regions (the real `concord` binary, meshed through delay proxies) or
 //!   uses `--target` servers.
+//! - [`network`]: the delay proxies between regions, on a thread of their own.
 //! - [`editor`]: one simulated editor: a y-websocket client with a real `yrs` document.
 //! - [`trace`]: real editing traces replayed faithfully (sequential or concurrent).
 //! - [`stats`]: latency matching and per-second, per-region histograms.
@@ -15,6 +16,7 @@
 
 mod cluster;
 mod editor;
+mod network;
 mod procstat;
 mod report;
 mod stats;

