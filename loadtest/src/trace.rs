@@ -229,3 +229,90 @@ impl Agent {
         Some((key, update))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_crdt::yrs::GetString;
+
+    /// Writes `json` to a file of its own and loads it as a trace.
+    fn load(json: &str) -> anyhow::Result<Script> {
+        let path = std::env::temp_dir().join(format!(
+            "concord-trace-{}-{}.json",
+            std::process::id(),
+            json.len()
+        ));
+        std::fs::write(&path, json)?;
+        let script = Script::load(&path);
+        let _ = std::fs::remove_file(&path);
+        script
+    }
+
+    /// Two agents branch from a common start (one prepends, one appends, 60 transactions
+    /// each), then the first merges both branches and ends the text. The merge makes the first
+    /// agent's replica take in the whole of the other branch at once, as in the real traces.
+    #[test]
+    fn concurrent_branches_replay_to_the_end_content() {
+        let n = 60;
+        let mut txns = vec![r#"{"agent":0,"parents":[],"patches":[[0,0,"hello "]]}"#.to_string()];
+        let (mut last0, mut last1) = (0, 0);
+        for k in 0..n {
+            txns.push(format!(
+                r#"{{"agent":0,"parents":[{last0}],"patches":[[0,0,"y"]]}}"#
+            ));
+            last0 = txns.len() - 1;
+            let end = 6 + k;
+            txns.push(format!(
+                r#"{{"agent":1,"parents":[{last1}],"patches":[[{end},0,"x"]]}}"#
+            ));
+            last1 = txns.len() - 1;
+        }
+        let len = 6 + 2 * n;
+        txns.push(format!(
+            r#"{{"agent":0,"parents":[{last0},{last1}],"patches":[[{len},0,"!"]]}}"#
+        ));
+        let end = format!("{}hello {}!", "y".repeat(n), "x".repeat(n));
+        let json = format!(
+            r#"{{"kind":"concurrent","endContent":"{end}","txns":[{}]}}"#,
+            txns.join(",")
+        );
+        let script = Arc::new(load(&json).unwrap());
+        let replay = Replay::new(script.clone());
+        let mut agents: Vec<Agent> = (0..script.agents())
+            .map(|a| Agent::new(replay.clone(), a))
+            .collect();
+        // Every update produced counts as received at once; agents take turns.
+        let mut rounds = 0;
+        while !replay.finished() {
+            for agent in &mut agents {
+                while agent.next(|_| true).is_some() {}
+            }
+            rounds += 1;
+            assert!(rounds < 10, "the replay made no progress");
+        }
+        let doc = Doc::with_options(trace_doc_options());
+        {
+            let mut txn = doc.transact_mut();
+            for p in &replay.produced {
+                let (_, bytes) = p.get().unwrap();
+                txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
+            }
+        }
+        let txn = doc.transact();
+        let text = txn.get_text(crate::editor::TEXT).unwrap().get_string(&txn);
+        assert_eq!(text, script.end_content);
+    }
+
+    #[test]
+    fn a_parent_listed_after_its_child_is_refused() {
+        let json = r#"{"kind":"concurrent","endContent":"ab","txns":[
+            {"agent":0,"parents":[1],"patches":[[0,0,"a"]]},
+            {"agent":1,"parents":[],"patches":[[0,0,"b"]]}]}"#;
+        let err = load(json).err().expect("the trace was accepted");
+        assert!(
+            err.to_string()
+                .contains("transaction 0 lists 1 as a parent"),
+            "{err}"
+        );
+    }
+}
