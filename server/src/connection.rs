@@ -157,7 +157,14 @@ async fn read_loop(
         };
         control.seen();
         let frame = match msg {
-            None | Some(Ok(Message::Close(_))) => return,
+            None => return,
+            Some(Ok(Message::Close(frame))) => {
+                // Answer with the client's own code (RFC 6455 §5.5.1), so a normal close is
+                // seen as one: the writer sends it as the closing frame.
+                let code = frame.map_or(close_code::NORMAL, |f| f.code);
+                control.close(code, "");
+                return;
+            }
             Some(Ok(Message::Binary(frame))) => frame,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(_))) => {
@@ -218,10 +225,16 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, control: &Control)
         reason: reason.into(),
     };
     // A dead or slow peer may never take the close frame; do not wait on it long.
-    matches!(
-        tokio::time::timeout(CLOSE_SEND, sink.send(Message::Close(Some(frame)))).await,
-        Ok(Ok(()))
-    )
+    let sent = tokio::time::timeout(CLOSE_SEND, async {
+        match sink.send(Message::Close(Some(frame))).await {
+            Ok(()) => true,
+            // The client closed first: tungstenite refuses a close frame of ours, having queued
+            // its echo of the client's own; a flush sends that echo.
+            Err(_) => sink.flush().await.is_ok(),
+        }
+    })
+    .await;
+    matches!(sent, Ok(true))
 }
 
 /// How long a close frame may take to leave: a client that stopped reading never takes it.

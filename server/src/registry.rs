@@ -130,6 +130,37 @@ impl Registry {
         Err(JoinError::Unavailable)
     }
 
+    /// Sends `msg` to the room of `name`. A room closes its inbox when it is evicted or fails
+    /// to load; a message that finds it closed goes to the successor room instead (which loads
+    /// the document again), so nothing sent here is silently dropped. Gives the message back
+    /// only if every try found a closed inbox (the server is stopping).
+    pub async fn deliver(self: &Arc<Self>, name: &DocName, msg: RoomMsg) -> Result<(), RoomMsg> {
+        let first = self.room(name);
+        self.deliver_via(first, name, msg).await
+    }
+
+    /// [`Registry::deliver`], trying `first` before looking the room up again: a handle taken
+    /// earlier may belong to a room that has closed since (tests use this to make that happen).
+    pub async fn deliver_via(
+        self: &Arc<Self>,
+        first: RoomHandle,
+        name: &DocName,
+        mut msg: RoomMsg,
+    ) -> Result<(), RoomMsg> {
+        let mut room = first;
+        for _ in 0..JOIN_RETRIES {
+            match room.tx.send(msg).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => msg = back,
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            room = self.room(name);
+        }
+        Err(msg)
+    }
+
     /// Removes `name` if it is still the room of that `generation`. Returns whether it did.
     pub fn remove_if_current(&self, name: &DocName, generation: u64) -> bool {
         self.docs

@@ -13,7 +13,7 @@
 //! of updates from peers, which are on disk at their origin already (peers are sent committed
 //! entries only) and are acknowledged to the peer only once committed here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::ws::close_code;
@@ -184,6 +184,12 @@ pub struct Room {
     inbox: mpsc::WeakSender<RoomMsg>,
     registry: Arc<Registry>,
     members: HashMap<ConnId, Member>,
+    /// Connections closed for sending something invalid: whatever they queued after it is
+    /// ignored. Forgotten when their `Leave` arrives (the last message a connection sends).
+    ///
+    /// A member dropped for any other reason (its socket ended, its queue filled) is not listed:
+    /// the updates it wrote before it went are still in the inbox and are edits like any other.
+    refused: HashSet<ConnId>,
     state: DocState,
     /// Whether the document has ever been written (404 for the HTTP API otherwise).
     exists: bool,
@@ -233,6 +239,7 @@ impl Room {
             inbox,
             registry,
             members: HashMap::new(),
+            refused: HashSet::new(),
             state,
             exists,
             tail,
@@ -317,7 +324,7 @@ impl Room {
                 rx.close();
                 while let Some(msg) = rx.recv().await {
                     if matches!(stop, Stop::Evicted) {
-                        let _ = self.registry.room(&self.name).tx.send(msg).await;
+                        let _ = self.registry.deliver(&self.name, msg).await;
                     }
                 }
             }
@@ -372,7 +379,8 @@ impl Room {
 
     /// Applies `run` in one transaction, then stores the updates that changed the document in
     /// one write and relays them in order. Like [`Room::handle`], it skips updates from a
-    /// connection that is no longer a member, or that sent an invalid update earlier in the run.
+    /// connection that was refused, in this run or before; updates from a member that has just
+    /// been dropped (its socket ended while they were queued) are kept.
     async fn accept_updates(
         &mut self,
         run: &mut Vec<(Source, IncomingUpdate)>,
@@ -383,12 +391,12 @@ impl Room {
         }
         let mut refused: Vec<ConnId> = Vec::new();
         let verdicts: Vec<Option<Result<Applied, ApplyError>>> = {
-            let members = &self.members;
+            let earlier = &self.refused;
             let mut batch = self.state.batch();
             run.iter_mut()
                 .map(|(source, update)| {
                     if let Source::Client(id) = source
-                        && (!members.contains_key(id) || refused.contains(id))
+                        && (earlier.contains(id) || refused.contains(id))
                     {
                         return None;
                     }
@@ -486,11 +494,14 @@ impl Room {
                 }
                 let _ = reply.send(Ok(inbox));
             }
-            RoomMsg::Leave { id } => self.remove_member(id),
+            RoomMsg::Leave { id } => {
+                self.remove_member(id);
+                self.refused.remove(&id);
+            }
             RoomMsg::Frame { id, msgs } => {
                 for msg in msgs {
-                    if !self.members.contains_key(&id) {
-                        break; // dropped while handling an earlier message of the frame
+                    if self.refused.contains(&id) {
+                        break; // refused while handling an earlier message of the frame
                     }
                     self.handle_client_message(id, msg, outbox).await?;
                 }
@@ -547,7 +558,11 @@ impl Room {
                 self.accept_update(Source::Client(id), update, outbox)
                     .await?;
             }
-            ClientMessage::Awareness(update) => self.apply_awareness(Some(id), Vec::new(), update),
+            // Presence only from members: a dropped connection's states would never be removed.
+            ClientMessage::Awareness(update) if self.members.contains_key(&id) => {
+                self.apply_awareness(Some(id), Vec::new(), update)
+            }
+            ClientMessage::Awareness(_) => {}
             ClientMessage::AwarenessQuery => {
                 if let Some(aw) = self.state.awareness_states() {
                     self.send_to(id, Bytes::from(encode::awareness(&aw)));
@@ -701,6 +716,7 @@ impl Room {
 
     /// Closes one member for sending something unusable; the room and the others carry on.
     fn reject(&mut self, id: ConnId, code: u16, reason: String) {
+        self.refused.insert(id);
         if let Some(m) = self.members.get(&id) {
             warn!(doc = %self.name, peer = %m.client.peer, %reason, code, "refused a message; closing the connection");
             m.client.close(code, reason);

@@ -231,8 +231,9 @@ async fn offer_live_docs(hub: Arc<Replication>, link: LinkHandle) {
     }
 }
 
-/// Hands a replicated update to its document. Returns what resolves once it is durable (`None`
-/// when there is nothing to wait for: our own update coming back, or one that cannot be used).
+/// Hands a replicated update to its document. Returns what resolves once it is durable, or fails
+/// if it could not be stored (`None` only when there is nothing to wait for: our own update
+/// coming back, or one that cannot be decoded).
 async fn receive_update(
     hub: &Replication,
     from: &NodeId,
@@ -252,15 +253,18 @@ async fn receive_update(
     };
     let registry = hub.registry()?;
     let (done, durable) = oneshot::channel();
-    let room = registry.room(&doc);
-    room.tx
-        .send(RoomMsg::Replicated {
-            update,
-            path,
-            done: Some(done),
-        })
-        .await
-        .ok()?;
+    let msg = RoomMsg::Replicated {
+        update,
+        path,
+        done: Some(done),
+    };
+    // A room that closed its inbox meanwhile (evicted, or its load failed) hands the update to
+    // its successor. If it still cannot be delivered, `done` is dropped with the message: the
+    // acknowledgement loop sees a failure and closes the link unacknowledged, so the peer sends
+    // it again. It is never treated as "nothing to wait for".
+    if registry.deliver(&doc, msg).await.is_err() {
+        warn!(peer = %from, %doc, "a replicated update could not be handed to its document");
+    }
     Some(durable)
 }
 

@@ -14,6 +14,7 @@
 //! returns a [`Commit`] that resolves once the update is durable. The room relays the update only
 //! then, which is how "an update anyone received is already on disk" holds.
 
+pub mod held;
 pub mod memory;
 pub mod sqlite;
 

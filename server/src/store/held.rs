@@ -1,0 +1,156 @@
+//! A [`Store`] whose commits wait until a test releases them: the tool for testing "nothing
+//! anyone sees reflects an update before its commit" directly, instead of hoping a `kill -9`
+//! lands in the right millisecond.
+//!
+//! [`HeldStore`] wraps another store (usually [`MemoryStore`](super::memory::MemoryStore)) and
+//! passes every call through, except that the [`Commit`]s of `append`, `append_all` and
+//! `compact` are held back in order. The test then decides: [`HeldStore::release`] resolves the
+//! oldest ones with the wrapped store's result, [`HeldStore::fail`] resolves them with an error,
+//! as a full disk would. Everything else (loads, the log, cursors) is the wrapped store's.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use concord_crdt::{DocName, NodeId};
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    Append, Commit, LogEntry, LogFeed, PeerInfo, Seq, SharedStore, Store, StoreError, StoredDoc,
+};
+
+/// A write the wrapped store accepted, whose commit the caller has not been told of yet.
+struct Held {
+    inner: Commit,
+    outer: oneshot::Sender<Result<Seq, StoreError>>,
+}
+
+pub struct HeldStore {
+    inner: SharedStore,
+    held: Mutex<VecDeque<Held>>,
+    /// Woken whenever a write is held, for [`HeldStore::wait_held`].
+    arrived: Notify,
+}
+
+impl HeldStore {
+    pub fn new(inner: SharedStore) -> Self {
+        HeldStore {
+            inner,
+            held: Mutex::new(VecDeque::new()),
+            arrived: Notify::new(),
+        }
+    }
+
+    /// How many commits are held.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` commits are held.
+    pub async fn wait_held(&self, n: usize) {
+        loop {
+            let notified = self.arrived.notified();
+            if self.held() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves the oldest `n` held commits (all of them if fewer), in order, with what the
+    /// wrapped store answered. Returns how many it released.
+    pub async fn release(&self, n: usize) -> usize {
+        let batch = self.take(n);
+        let count = batch.len();
+        for h in batch {
+            let result = h.inner.await.unwrap_or(Err(StoreError::Closed));
+            let _ = h.outer.send(result);
+        }
+        count
+    }
+
+    /// Resolves the oldest `n` held commits with a storage error, as a full disk would.
+    pub fn fail(&self, n: usize, reason: &str) -> usize {
+        let batch = self.take(n);
+        let count = batch.len();
+        for h in batch {
+            let _ = h.outer.send(Err(StoreError::Backend(reason.to_string())));
+        }
+        count
+    }
+
+    fn take(&self, n: usize) -> Vec<Held> {
+        let mut held = self.held.lock().unwrap();
+        let n = n.min(held.len());
+        held.drain(..n).collect()
+    }
+
+    fn hold(&self, inner: Commit) -> Commit {
+        let (outer, commit) = oneshot::channel();
+        self.held.lock().unwrap().push_back(Held { inner, outer });
+        self.arrived.notify_waiters();
+        commit
+    }
+}
+
+#[async_trait]
+impl Store for HeldStore {
+    async fn load(&self, doc: &DocName) -> Result<Option<StoredDoc>, StoreError> {
+        self.inner.load(doc).await
+    }
+
+    async fn append(&self, entry: Append) -> Result<Commit, StoreError> {
+        let inner = self.inner.append(entry).await?;
+        Ok(self.hold(inner))
+    }
+
+    async fn append_all(&self, entries: Vec<Append>) -> Result<Commit, StoreError> {
+        let inner = self.inner.append_all(entries).await?;
+        Ok(self.hold(inner))
+    }
+
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+        let inner = self.inner.compact(doc, snapshot).await?;
+        Ok(self.hold(inner))
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+
+    fn subscribe(&self) -> LogFeed {
+        self.inner.subscribe()
+    }
+
+    fn committed(&self) -> Seq {
+        self.inner.committed()
+    }
+
+    async fn read_log(&self, after: Seq, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.read_log(after, limit).await
+    }
+
+    async fn read_snapshots(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, DocName, Vec<u8>)>, StoreError> {
+        self.inner.read_snapshots(after_id, limit).await
+    }
+
+    async fn peer_cursors(&self) -> Result<HashMap<NodeId, Seq>, StoreError> {
+        self.inner.peer_cursors().await
+    }
+
+    async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
+        self.inner.set_peer_cursor(peer, seq).await
+    }
+
+    async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError> {
+        self.inner.remember_peer(peer, info).await
+    }
+
+    async fn known_peers(&self) -> Result<HashMap<NodeId, PeerInfo>, StoreError> {
+        self.inner.known_peers().await
+    }
+}
