@@ -4,7 +4,9 @@
 //!
 //! A link starts with a mutual challenge/response ([`Challenge`](PeerMessage::Challenge),
 //! [`Hello`](PeerMessage::Hello), [`Welcome`](PeerMessage::Welcome)); the MACs are computed by
-//! the server, this module only carries them. Then each side streams its update log
+//! the server, this module only carries them. Then each side says where the other's log stream
+//! should resume ([`Resume`](PeerMessage::Resume): which [`Incarnation`] of the peer's log it
+//! holds, and how far), each side streams its update log from there
 //! ([`Update`](PeerMessage::Update), acknowledged by [`Ack`](PeerMessage::Ack)), and live
 //! documents repair gaps with a state-vector exchange ([`SyncStep1`](PeerMessage::SyncStep1) /
 //! [`SyncStep2`](PeerMessage::SyncStep2)).
@@ -67,6 +69,47 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// One incarnation of a node's update log: a random 128-bit id a store takes each time it is
+/// opened. A log position means something only together with the incarnation it was read in: a
+/// wiped store, or one restored from a backup, never continues an incarnation it does not have.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Incarnation(pub [u8; 16]);
+
+impl Incarnation {
+    /// Parses the 32 lowercase hex digits [`Display`](fmt::Display) writes.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return Err(format!("an incarnation is 32 hex digits, got {}", b.len()));
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(format!("not a lowercase hex digit: {:?}", c as char)),
+        };
+        let mut out = [0u8; 16];
+        for (i, pair) in b.chunks(2).enumerate() {
+            out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+        }
+        Ok(Incarnation(out))
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// One message on a peer link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
@@ -111,6 +154,14 @@ pub enum PeerMessage {
         path: Vec<NodeId>,
         update: Vec<u8>,
     },
+    /// Each side's first message once the link is up: the current incarnation of the sender's
+    /// log, and what the sender holds of the receiver's log: everything through `claim`'s
+    /// sequence as read in `claim`'s incarnation, or nothing (`None`). The receiver streams its
+    /// log from there.
+    Resume {
+        incarnation: Incarnation,
+        claim: Option<(Incarnation, u64)>,
+    },
 }
 
 const T_CHALLENGE: u64 = 0;
@@ -122,6 +173,7 @@ const T_ACK: u64 = 5;
 const T_STEP1: u64 = 6;
 const T_STEP2: u64 = 7;
 const T_AWARENESS: u64 = 8;
+const T_RESUME: u64 = 9;
 
 /// Why a peer message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +263,18 @@ impl PeerMessage {
                 write_path(&mut out, path);
                 out.write_buf(update);
             }
+            PeerMessage::Resume { incarnation, claim } => {
+                out.write_var(T_RESUME);
+                out.write_buf(incarnation.0);
+                match claim {
+                    None => out.write_var(0u64),
+                    Some((of, seq)) => {
+                        out.write_var(1u64);
+                        out.write_buf(of.0);
+                        out.write_var(*seq);
+                    }
+                }
+            }
         }
         out
     }
@@ -262,6 +326,18 @@ impl PeerMessage {
                 path: read_path(&mut cur)?,
                 update: cur.read_buf().map_err(m)?.to_vec(),
             },
+            T_RESUME => PeerMessage::Resume {
+                incarnation: incarnation(&mut cur)?,
+                claim: match cur.read_var::<u64>().map_err(m)? {
+                    0 => None,
+                    1 => Some((incarnation(&mut cur)?, cur.read_var().map_err(m)?)),
+                    other => {
+                        return Err(PeerDecodeError::Malformed(format!(
+                            "claim flag {other}, not 0 or 1"
+                        )));
+                    }
+                },
+            },
             other => return Err(PeerDecodeError::UnknownType(other)),
         };
         if cur.has_content() {
@@ -293,6 +369,15 @@ fn node_id(cur: &mut Cursor<'_>) -> Result<NodeId, PeerDecodeError> {
         .read_string()
         .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
     NodeId::parse(s).map_err(PeerDecodeError::NodeId)
+}
+
+fn incarnation(cur: &mut Cursor<'_>) -> Result<Incarnation, PeerDecodeError> {
+    let b = cur
+        .read_buf()
+        .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    b.try_into().map(Incarnation).map_err(|_| {
+        PeerDecodeError::Malformed(format!("incarnation of {} bytes, not 16", b.len()))
+    })
 }
 
 fn doc_name(cur: &mut Cursor<'_>) -> Result<DocName, PeerDecodeError> {
@@ -350,10 +435,36 @@ mod tests {
                 path: vec![id("c")],
                 update: vec![1, 0],
             },
+            PeerMessage::Resume {
+                incarnation: Incarnation([7; 16]),
+                claim: None,
+            },
+            PeerMessage::Resume {
+                incarnation: Incarnation([7; 16]),
+                claim: Some((Incarnation([0xab; 16]), 1 << 50)),
+            },
         ];
         for m in msgs {
             assert_eq!(PeerMessage::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn incarnations_print_and_parse_as_hex() {
+        let i = Incarnation([0x0f, 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0xff]);
+        let s = i.to_string();
+        assert_eq!(s, "0fa00102030405060708090a0b0c0dff");
+        assert_eq!(Incarnation::parse(&s), Ok(i));
+        assert!(Incarnation::parse("0fa0").is_err());
+        assert!(Incarnation::parse(&"G".repeat(32)).is_err());
+        // 15 bytes on the wire
+        let mut m = vec![T_RESUME as u8, 15];
+        m.extend([0; 15]);
+        m.push(0);
+        assert!(matches!(
+            PeerMessage::decode(&m),
+            Err(PeerDecodeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -515,6 +515,16 @@ impl Room {
                     doc: self.name.clone(),
                     update: self.state.diff(&sv),
                 };
+                // The peer has something we lack: ask for it too, so both ends are repaired
+                // whichever opened the document first. It answers our state vector after
+                // applying the Step2 above (same link, same order), so ours shows nothing it
+                // lacks and it does not ask back: one round each way.
+                let ours = self.state.state_vector();
+                let lacking = sv.iter().any(|(client, clock)| ours.get(client) < *clock);
+                let ask = lacking.then(|| PeerMessage::SyncStep1 {
+                    doc: self.name.clone(),
+                    sv: ours.encode_v1(),
+                });
                 // A peer that just opened this document has none of our presence yet (it is only
                 // relayed while the room is live there): send it along, as a Step1 gets it too.
                 if let (Some(aw), Some(hub)) =
@@ -526,7 +536,12 @@ impl Room {
                         update: aw.encode_v1(),
                     });
                 }
-                self.effect(outbox, Effect::Peer(link, msg));
+                if let Some(ask) = ask {
+                    self.effect(outbox, Effect::Peer(link.clone(), msg));
+                    self.effect(outbox, Effect::Peer(link, ask));
+                } else {
+                    self.effect(outbox, Effect::Peer(link, msg));
+                }
             }
             RoomMsg::PeerAwareness { path, update } => self.apply_awareness(None, path, update),
             RoomMsg::StateVector { reply } => {

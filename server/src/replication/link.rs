@@ -1,16 +1,24 @@
 //! One authenticated peer link, both directions.
 //!
+//! First, each side sends a `Resume`: its log's current incarnation and what it holds of the
+//! other's log. The log stream to the peer starts only once the peer's `Resume` arrived (a link
+//! that does not send one within [`RESUME_TIMEOUT`] is closed), from where
+//! [`super::resume::start`] says.
+//!
 //! Incoming: each message is routed to its document's room. An `Update` is acknowledged only once
 //! the room has made it durable (or found it brings nothing new); acknowledgements go out in log
-//! order, batched every [`ACK_EVERY`], so the peer's cursor for us never runs ahead of our disk.
+//! order, batched every [`ACK_EVERY`], each after what it acknowledges is recorded as received
+//! (`received_cursors`), so the peer's cursor for us never runs ahead of our disk nor of the
+//! claim we send it next time.
 //!
-//! Outgoing: [`super::stream::stream_log`] sends our log from the peer's cursor.
+//! Outgoing: [`super::stream::stream_log`] sends our log from the start the peer's claim gives.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use concord_crdt::replication::Incarnation;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::{DocName, IncomingUpdate, NodeId, PeerMessage};
@@ -23,7 +31,7 @@ use super::auth::Identity;
 use super::socket::PeerSocket;
 use super::{LinkHandle, PeerStats, Replication, now_ms};
 use crate::room::RoomMsg;
-use crate::store::{Seq, StoreError};
+use crate::store::{Seq, SharedStore, StoreError};
 
 /// How often acknowledgements are sent (when there is something new to acknowledge).
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -31,6 +39,8 @@ const ACK_EVERY: Duration = Duration::from_millis(20);
 const PERSIST_CURSOR_EVERY: Duration = Duration::from_millis(200);
 /// Updates received but not yet durable, per link.
 const ACK_QUEUE: usize = 8192;
+/// How long a peer has, once authenticated, to say where to resume.
+pub const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs an authenticated link until it ends.
 pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, dialer: NodeId) {
@@ -55,30 +65,65 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
 
-    let cursor = match hub.store.peer_cursors().await {
-        Ok(c) => c.get(&peer.node_id).copied().unwrap_or(0),
+    // What we hold of the peer's log, for it to resume from; nothing when unreadable (then it
+    // sends everything again, which is always safe).
+    let claim = match hub.store.received_cursor(&peer.node_id).await {
+        Ok(claim) => claim,
         Err(e) => {
-            warn!(peer = %peer.node_id, error = %e, "cannot read replication cursors; dropping the link");
-            sock.control.close(1011, "cannot read replication cursors");
+            warn!(peer = %peer.node_id, error = %e, "cannot read what was received from the peer; asking it for everything");
+            None
+        }
+    };
+    let history = hub.store.incarnations();
+    let Some(mine) = history.last().map(|i| i.id) else {
+        sock.control.close(1011, "the store has no incarnation");
+        return finish(&hub, &link, &stats, &peer).await;
+    };
+    let resume = PeerMessage::Resume {
+        incarnation: mine,
+        claim,
+    };
+    if sock
+        .outgoing
+        .send(Bytes::from(resume.encode()))
+        .await
+        .is_err()
+    {
+        return finish(&hub, &link, &stats, &peer).await;
+    }
+    let (theirs, their_claim) = match wait_for_resume(&mut sock, &stats).await {
+        Ok(resume) => resume,
+        Err(why) => {
+            warn!(peer = %peer.node_id, "{why}; closing the link");
+            sock.control.close(1002, why);
             return finish(&hub, &link, &stats, &peer).await;
         }
     };
-    stats.acked.fetch_max(cursor, Ordering::Relaxed);
-    if cursor == 0 {
-        // Known from now on: compaction keeps the log entries this peer has not acknowledged.
-        // Wait for it to be committed before streaming, or a compaction in between could delete
-        // entries the peer's snapshots do not cover.
-        let known = match hub.store.set_peer_cursor(&peer.node_id, 0).await {
-            Ok(commit) => commit.await.unwrap_or(Err(StoreError::Closed)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = known {
-            warn!(peer = %peer.node_id, error = %e, "cannot record the new peer; dropping the link");
-            sock.control.close(1011, "cannot record the new peer");
+    let start = super::resume::start(&history, hub.store.committed(), their_claim);
+    let cursor = start.after();
+    // Where the stream starts becomes the peer's cursor (lower too), committed before the log is
+    // checked: from then on compaction keeps every entry after it. The snapshots go first if
+    // some entry after it is already gone.
+    let ready = async {
+        hub.store
+            .reset_peer_cursor(&peer.node_id, cursor)
+            .await?
+            .await
+            .unwrap_or(Err(StoreError::Closed))?;
+        hub.store.log_complete_after(cursor).await
+    };
+    let complete = match ready.await {
+        Ok(complete) => complete,
+        Err(e) => {
+            warn!(peer = %peer.node_id, error = %e, "cannot record where the peer resumes; dropping the link");
+            sock.control
+                .close(1011, "cannot record where the peer resumes");
             return finish(&hub, &link, &stats, &peer).await;
         }
-    }
-    info!(peer = %peer.node_id, region = %peer.region, url = %peer.url, resume_after = cursor, "peer link up");
+    };
+    let snapshots = start.needs_snapshots(complete);
+    stats.acked.store(cursor, Ordering::Relaxed);
+    info!(peer = %peer.node_id, region = %peer.region, url = %peer.url, resume_after = cursor, snapshots, claim = ?their_claim, "peer link up");
 
     let (acked_tx, acked_rx) = watch::channel(cursor);
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
@@ -87,9 +132,10 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
         link.clone(),
         stats.clone(),
         cursor,
+        snapshots,
         acked_rx,
     ));
-    let acker = tokio::spawn(ack_loop(ack_rx, link.clone()));
+    let acker = tokio::spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs));
     let offer = tokio::spawn(offer_live_docs(hub.clone(), link.clone()));
 
     let mut persisted = (cursor, Instant::now());
@@ -179,7 +225,8 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
             }
             PeerMessage::Challenge { .. }
             | PeerMessage::Hello { .. }
-            | PeerMessage::Welcome { .. } => {
+            | PeerMessage::Welcome { .. }
+            | PeerMessage::Resume { .. } => {
                 warn!(peer = %peer.node_id, "handshake message on an established link; closing it");
                 sock.control.close(1002, "unexpected handshake message");
                 break;
@@ -189,8 +236,10 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     sender.abort();
     acker.abort();
     offer.abort();
-    let acked = stats.acked.load(Ordering::Relaxed);
-    if acked > persisted.0 {
+    // This link's own acknowledgements; not if a newer link replaced it, which has reset the
+    // cursor to where its stream starts.
+    let acked = *acked_tx.borrow();
+    if acked > persisted.0 && hub.is_current(&link) {
         let _ = hub.store.set_peer_cursor(&peer.node_id, acked).await;
     }
     finish(&hub, &link, &stats, &peer).await;
@@ -207,6 +256,32 @@ async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &
             .map(|(_, r)| r)
             .unwrap_or_else(|| "connection lost".into());
         warn!(peer = %peer.node_id, region = %peer.region, reason = %why, "peer link down; local clients are still served, updates for this peer wait in the log");
+    }
+}
+
+/// Waits for the peer's `Resume`, its first message: the incarnation of its log and what it
+/// holds of ours.
+async fn wait_for_resume(
+    sock: &mut PeerSocket,
+    stats: &PeerStats,
+) -> Result<(Incarnation, Option<(Incarnation, Seq)>), String> {
+    let bytes = tokio::select! {
+        _ = sock.control.token().cancelled() => return Err("link closed before the peer's Resume".into()),
+        b = tokio::time::timeout(RESUME_TIMEOUT, sock.incoming.recv()) => match b {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err("link closed before the peer's Resume".into()),
+            Err(_) => return Err(format!("peer sent no Resume within {RESUME_TIMEOUT:?}")),
+        },
+    };
+    stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+    stats.received_messages.fetch_add(1, Ordering::Relaxed);
+    stats
+        .received_bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    match PeerMessage::decode(&bytes) {
+        Ok(PeerMessage::Resume { incarnation, claim }) => Ok((incarnation, claim)),
+        Ok(_) => Err("peer sent something other than Resume first".into()),
+        Err(e) => Err(format!("undecodable first message from the peer: {e}")),
     }
 }
 
@@ -268,10 +343,20 @@ async fn receive_update(
     Some(durable)
 }
 
-/// Acknowledges received updates in log order once each is durable.
-async fn ack_loop(mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>, link: LinkHandle) {
+/// Acknowledges received updates in log order once each is durable. Each acknowledgement goes
+/// out once what it covers is recorded as received from the peer's log incarnation `of`
+/// (`received_cursors`, written with the store's next group commit): the claim this node sends
+/// on its next link-up is never behind what the peer's cursor says. A marker at 0 (the start of
+/// a stream to a node holding nothing) is recorded too, though it acknowledges nothing.
+async fn ack_loop(
+    mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>,
+    link: LinkHandle,
+    store: SharedStore,
+    of: Incarnation,
+) {
     let mut pending = FuturesOrdered::new();
-    let mut ackable: Seq = 0;
+    let mut ackable: Option<Seq> = None;
+    let mut recorded: Option<Seq> = None;
     let mut sent: Seq = 0;
     let mut tick = tokio::time::interval(ACK_EVERY);
     loop {
@@ -286,7 +371,7 @@ async fn ack_loop(mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>, 
                 });
             }
             Some(done) = pending.next(), if !pending.is_empty() => match done {
-                Ok(seq) => ackable = ackable.max(seq),
+                Ok(seq) => ackable = ackable.max(Some(seq)),
                 Err(_) => {
                     // The document could not store it: do not acknowledge; the peer sends it
                     // again when the link comes back.
@@ -295,8 +380,22 @@ async fn ack_loop(mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>, 
                 }
             },
             _ = tick.tick() => {
-                if ackable > sent {
-                    sent = ackable;
+                let Some(seq) = ackable.filter(|_| ackable > recorded) else { continue };
+                let written = async {
+                    store
+                        .set_received_cursor(&link.peer, of, seq)
+                        .await?
+                        .await
+                        .unwrap_or(Err(StoreError::Closed))
+                };
+                if let Err(e) = written.await {
+                    warn!(peer = %link.peer, error = %e, "cannot record what was received; closing the link");
+                    link.control.close(1011, "cannot record what was received");
+                    return;
+                }
+                recorded = Some(seq);
+                if seq > sent {
+                    sent = seq;
                     if link.out.send(Bytes::from(PeerMessage::Ack { seq: sent }.encode())).await.is_err() {
                         return;
                     }

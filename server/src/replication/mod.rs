@@ -8,8 +8,10 @@
 //! - [`dial`]: dials the configured peers, retrying with jittered exponential backoff.
 //! - [`link`]: one authenticated link: routes what arrives to the documents, acknowledges it once
 //!   durable, and runs [`stream`] for the other direction.
-//! - [`stream`]: sends this node's update log to one peer from the last sequence it acknowledged,
-//!   so catch-up after an outage costs the missed updates only.
+//! - [`resume`]: where a peer's log stream starts, from the incarnation and sequence the peer
+//!   says it holds of this node's log (so a wiped or restored node gets its history back).
+//! - [`stream`]: sends this node's update log to one peer from there, so catch-up after an outage
+//!   costs the missed updates only.
 //!
 //! Loop prevention: an update carries the ids of the nodes it passed through; a node never sends
 //! it to one of them, drops one carrying its own id, and relays only updates that changed its
@@ -22,6 +24,9 @@
 pub mod auth;
 pub mod dial;
 pub mod link;
+#[cfg(test)]
+mod peer_sync_tests;
+pub mod resume;
 pub mod socket;
 pub mod stream;
 
@@ -279,6 +284,11 @@ impl Replication {
                 keep_new
             }
         }
+    }
+
+    /// Whether `link` is still the pair's link (not replaced by a newer one).
+    fn is_current(&self, link: &LinkHandle) -> bool {
+        self.links.get(&link.peer).is_some_and(|l| l.id == link.id)
     }
 
     fn unregister(&self, link: &LinkHandle) {

@@ -1,12 +1,17 @@
-//! Sends this node's update log to one peer, from the last sequence it acknowledged.
+//! Sends this node's update log to one peer, from where the peer's `Resume` says it holds
+//! everything ([`super::resume`]).
 //!
 //! Catch-up reads the store in pages; once caught up the stream follows the live feed of
 //! committed entries (falling back to the store if it lags). Entries whose path holds the peer are
 //! skipped, and a `Progress` marker lets the peer acknowledge past them. At most [`WINDOW`]
 //! entries are in flight unacknowledged, so a slow peer slows its own stream and nothing else.
 //!
-//! A peer seen for the first time (cursor 0) first gets every stored snapshot: compaction has
-//! removed from the log what those cover.
+//! A peer that holds nothing of this log (new, wiped, or with a record from an incarnation this
+//! log does not have), or one resuming before entries compaction deleted, first gets every stored
+//! snapshot: they are all that is left of the deleted entries. The stream then always sends a
+//! `Progress` marker at its start, so the peer records a claim on this log's current incarnation
+//! (even at 0) and is not sent the snapshots again on its next reconnect; and it sends one after
+//! any entries it skipped or found deleted, so the peer's claim reaches the end of the log.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,7 +46,8 @@ pub async fn stream_log(
     hub: Arc<Replication>,
     link: LinkHandle,
     stats: Arc<PeerStats>,
-    cursor: Seq,
+    start: Seq,
+    snapshots: bool,
     acked: watch::Receiver<Seq>,
 ) {
     let mut s = Stream {
@@ -49,20 +55,24 @@ pub async fn stream_log(
         link,
         stats,
         acked,
-        pos: cursor,
+        pos: start,
         skipped: false,
     };
-    if let Err(e) = s.run().await {
+    if let Err(e) = s.run(snapshots).await {
         debug!(peer = %s.link.peer, "log stream ended: {e}");
     }
 }
 
 impl Stream {
-    async fn run(&mut self) -> Result<(), String> {
+    async fn run(&mut self, snapshots: bool) -> Result<(), String> {
         let mut feed = self.hub.store.subscribe();
-        if self.pos == 0 {
+        if snapshots {
             self.send_snapshots().await?;
         }
+        // Acknowledged once everything before it (the snapshots) is durable at the peer, which
+        // then records that it holds this log through the start, in its current incarnation.
+        self.skipped = true;
+        self.flush_progress().await?;
         let mut committed = feed.committed;
         loop {
             // Behind the live feed: read the store.
@@ -74,7 +84,10 @@ impl Stream {
                     .await
                     .map_err(|e| e.to_string())?;
                 if entries.is_empty() {
-                    self.pos = committed; // the rest was compacted away after every peer had it
+                    // The rest was compacted away (the peer has it, or got the snapshots): let
+                    // the peer acknowledge up to here.
+                    self.pos = committed;
+                    self.skipped = true;
                     break;
                 }
                 for e in &entries {
@@ -193,7 +206,7 @@ impl Stream {
             }
         }
         if sent > 0 {
-            info!(peer = %self.link.peer, documents = sent, "new peer: sent every stored snapshot before the log");
+            info!(peer = %self.link.peer, documents = sent, after = self.pos, "peer lacks deleted log entries: sent every stored snapshot before the log");
         }
         Ok(())
     }

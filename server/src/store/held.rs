@@ -12,11 +12,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use concord_crdt::replication::Incarnation;
 use concord_crdt::{DocName, NodeId};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    Append, Commit, LogEntry, LogFeed, PeerInfo, Seq, SharedStore, Store, StoreError, StoredDoc,
+    Append, Commit, LogEntry, LogFeed, LogIncarnation, PeerInfo, Seq, SharedStore, Store,
+    StoreError, StoredDoc,
 };
 
 /// A write the wrapped store accepted, whose commit the caller has not been told of yet.
@@ -144,6 +146,34 @@ impl Store for HeldStore {
 
     async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
         self.inner.set_peer_cursor(peer, seq).await
+    }
+
+    async fn reset_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
+        self.inner.reset_peer_cursor(peer, seq).await
+    }
+
+    fn incarnations(&self) -> Vec<LogIncarnation> {
+        self.inner.incarnations()
+    }
+
+    async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError> {
+        self.inner.log_complete_after(after).await
+    }
+
+    async fn received_cursor(
+        &self,
+        peer: &NodeId,
+    ) -> Result<Option<(Incarnation, Seq)>, StoreError> {
+        self.inner.received_cursor(peer).await
+    }
+
+    async fn set_received_cursor(
+        &self,
+        peer: &NodeId,
+        of: Incarnation,
+        seq: Seq,
+    ) -> Result<Commit, StoreError> {
+        self.inner.set_received_cursor(peer, of, seq).await
     }
 
     async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError> {

@@ -20,7 +20,10 @@ use bytes::Bytes;
 use concord_crdt::{DocName, NodeId};
 use tokio::sync::{broadcast, oneshot};
 
-use super::{Append, Commit, LogEntry, LogFeed, PeerInfo, Seq, Store, StoreError, StoredDoc};
+use super::{
+    Append, Commit, Incarnation, LogEntry, LogFeed, LogIncarnation, PeerInfo, Seq, Store,
+    StoreError, StoredDoc,
+};
 
 /// Entries kept for live log readers (as the SQLite store does); one that falls further behind
 /// gets `Lagged` and reads [`Store::read_log`] instead.
@@ -50,6 +53,7 @@ struct Inner {
     log: BTreeMap<Seq, Arc<LogEntry>>,
     peer_cursors: HashMap<NodeId, Seq>,
     peers: HashMap<NodeId, PeerInfo>,
+    received: HashMap<NodeId, (Incarnation, Seq)>,
 }
 
 impl Inner {
@@ -100,6 +104,8 @@ pub struct MemoryStore {
     /// Last committed sequence, readable without the lock.
     committed: AtomicU64,
     closed: AtomicBool,
+    /// The one incarnation of this log: it lives as long as the process.
+    incarnation: LogIncarnation,
 }
 
 impl Default for MemoryStore {
@@ -115,6 +121,7 @@ impl MemoryStore {
             feed: broadcast::channel(FEED_CAPACITY).0,
             committed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            incarnation: LogIncarnation::new(1),
         }
     }
 
@@ -239,6 +246,46 @@ impl Store for MemoryStore {
             let acked = inner.peer_cursors.entry(peer.clone()).or_insert(seq);
             *acked = (*acked).max(seq);
             inner.collect_replicated();
+            seq
+        })
+    }
+
+    async fn reset_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
+        self.write(|inner| {
+            inner.peer_cursors.insert(peer.clone(), seq);
+            seq
+        })
+    }
+
+    fn incarnations(&self) -> Vec<LogIncarnation> {
+        vec![self.incarnation]
+    }
+
+    async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let committed = self.committed.load(Ordering::Acquire);
+        if after >= committed {
+            return Ok(true);
+        }
+        let held = inner.log.range(after + 1..=committed).count() as Seq;
+        Ok(held == committed - after)
+    }
+
+    async fn received_cursor(
+        &self,
+        peer: &NodeId,
+    ) -> Result<Option<(Incarnation, Seq)>, StoreError> {
+        Ok(self.inner.lock().unwrap().received.get(peer).copied())
+    }
+
+    async fn set_received_cursor(
+        &self,
+        peer: &NodeId,
+        of: Incarnation,
+        seq: Seq,
+    ) -> Result<Commit, StoreError> {
+        self.write(|inner| {
+            inner.received.insert(peer.clone(), (of, seq));
             seq
         })
     }
@@ -376,5 +423,39 @@ mod tests {
         store.set_peer_cursor(&peer, 7).await.unwrap();
         store.set_peer_cursor(&peer, 3).await.unwrap();
         assert_eq!(store.peer_cursors().await.unwrap()[&peer], 7);
+        // ...unless reset, which is where a resuming peer's stream starts.
+        store.reset_peer_cursor(&peer, 2).await.unwrap();
+        assert_eq!(store.peer_cursors().await.unwrap()[&peer], 2);
+    }
+
+    #[tokio::test]
+    async fn the_log_is_complete_until_compaction_deletes_entries() {
+        let store = MemoryStore::new();
+        let client = Doc::new();
+        let mut reference = DocState::new();
+        for i in 0..4 {
+            let u = edit(&client, &i.to_string());
+            reference
+                .apply_update(concord_crdt::IncomingUpdate::decode(&u).unwrap())
+                .unwrap();
+            append(&store, "d", u).await;
+        }
+        assert!(store.log_complete_after(0).await.unwrap());
+        let peer = NodeId::parse("p").unwrap();
+        store.set_peer_cursor(&peer, 2).await.unwrap();
+        store
+            .compact(&name("d"), reference.full_state())
+            .await
+            .unwrap();
+        // 1 and 2 are gone (the peer has them); 3 and 4 wait for it.
+        assert!(!store.log_complete_after(0).await.unwrap());
+        assert!(!store.log_complete_after(1).await.unwrap());
+        assert!(store.log_complete_after(2).await.unwrap());
+        assert!(store.log_complete_after(9).await.unwrap());
+        let of = store.incarnations()[0].id;
+        assert_eq!(store.received_cursor(&peer).await.unwrap(), None);
+        store.set_received_cursor(&peer, of, 5).await.unwrap();
+        store.set_received_cursor(&peer, of, 4).await.unwrap();
+        assert_eq!(store.received_cursor(&peer).await.unwrap(), Some((of, 4)));
     }
 }

@@ -6,9 +6,14 @@
 //! **snapshot** (one merged Yjs update) replaces the log entries it covers when the log grows past
 //! a threshold. Loading a document is its snapshot plus the log entries after it.
 //!
-//! The log doubles as the replication log: peers resume from the last sequence they acknowledged
-//! (the `peer_cursors` table), and compaction never deletes an entry a known peer has not
-//! acknowledged yet.
+//! The log doubles as the replication log. Each time a store is opened it starts a new
+//! **incarnation** of the log (a random id, with the first sequence it numbers), so a position in
+//! the log means something only with the incarnation it was read in: a wiped store, or one
+//! restored from a backup, never continues an incarnation it does not have. Each node records
+//! what it durably received of each peer's log (`received_cursors`: incarnation and sequence), and
+//! peers resume from that (see `replication::resume`). Per peer, the node also keeps the last
+//! sequence the peer acknowledged (`peer_cursors`); compaction never deletes an entry a known peer
+//! has not acknowledged yet.
 //!
 //! Writes are asynchronous from the caller's point of view: [`Store::append`] queues the update and
 //! returns a [`Commit`] that resolves once the update is durable. The room relays the update only
@@ -27,8 +32,28 @@ use bytes::Bytes;
 use concord_crdt::{DocName, NodeId};
 use tokio::sync::{broadcast, oneshot};
 
+pub use concord_crdt::replication::Incarnation;
+
 /// A node-local log sequence number. 0 means "nothing".
 pub type Seq = u64;
+
+/// One incarnation in a store's history: it numbers the log from `first_seq` until the next
+/// incarnation's `first_seq` (the current, last one is open-ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogIncarnation {
+    pub id: Incarnation,
+    pub first_seq: Seq,
+}
+
+impl LogIncarnation {
+    /// A fresh incarnation starting at `first_seq`.
+    pub fn new(first_seq: Seq) -> Self {
+        LogIncarnation {
+            id: Incarnation(rand::random()),
+            first_seq,
+        }
+    }
+}
 
 /// Errors at the storage boundary.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -178,6 +203,35 @@ pub trait Store: Send + Sync + 'static {
     /// Records that `peer` acknowledged everything up to `seq` (queued like a write; the
     /// returned commit may be ignored: a lost cursor only means a few entries are sent again).
     async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError>;
+
+    /// Sets `peer`'s acknowledged cursor to exactly `seq`, lower or higher (queued like a write):
+    /// where its log stream resumes. Until it commits, compaction may still go by the old value.
+    async fn reset_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError>;
+
+    /// The incarnations of this store's log, oldest first; the last one is current (started when
+    /// this store was opened).
+    fn incarnations(&self) -> Vec<LogIncarnation>;
+
+    /// Whether the log still holds every entry numbered above `after` (up to the last committed
+    /// one): false once compaction deleted some of them, which a peer resuming there must then
+    /// get from the snapshots. (Sequence numbers are handed out without gaps.)
+    async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError>;
+
+    /// What this node holds of `peer`'s log: everything through the sequence, as numbered in the
+    /// incarnation; `None` when nothing was recorded.
+    async fn received_cursor(
+        &self,
+        peer: &NodeId,
+    ) -> Result<Option<(Incarnation, Seq)>, StoreError>;
+
+    /// Records that everything of `peer`'s log through `seq` of incarnation `of` is durable here
+    /// (queued like a write; replaces what was recorded).
+    async fn set_received_cursor(
+        &self,
+        peer: &NodeId,
+        of: Incarnation,
+        seq: Seq,
+    ) -> Result<Commit, StoreError>;
 
     /// Records who `peer` is (queued like a write). A `None` `dial_url` keeps the one recorded.
     async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError>;

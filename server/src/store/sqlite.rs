@@ -17,6 +17,9 @@
 //!   status can show a peer not reached since a restart with its real cursor and backlog.
 //! - `meta`: `last_seq` (written with each compaction), so sequence numbers never go backwards
 //!   even when compaction deleted the newest entries.
+//! - `incarnations` and `received_cursors` ([`RESUME_SCHEMA`]): the incarnations of this log (one
+//!   more each time the store is opened), and per peer what this node durably received of that
+//!   peer's log (its incarnation and sequence), where the peer's stream resumes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +35,8 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Append, Commit, Durability, LogEntry, LogFeed, PeerInfo, Seq, Store, StoreError, StoredDoc,
+    Append, Commit, Durability, Incarnation, LogEntry, LogFeed, LogIncarnation, PeerInfo, Seq,
+    Store, StoreError, StoredDoc,
 };
 
 pub const SCHEMA: &str = "
@@ -109,6 +113,15 @@ enum Op {
     Cursor {
         peer: NodeId,
         seq: Seq,
+        /// Set exactly `seq` (lower too) rather than move forward only.
+        reset: bool,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
+    /// What this node durably received of a peer's log.
+    Received {
+        peer: NodeId,
+        of: Incarnation,
+        seq: Seq,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     Peer {
@@ -146,6 +159,8 @@ pub struct SqliteStore {
     /// Dropped on close to stop the checkpointer.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    /// This log's incarnations, the current one last (fixed once open).
+    incarnations: Vec<LogIncarnation>,
 }
 
 impl SqliteStore {
@@ -157,6 +172,7 @@ impl SqliteStore {
         let path = dir.join(DB_FILE);
         let conn = open_writer(&path, &options)?;
         let last_seq = last_seq(&conn)?;
+        let incarnations = start_incarnation(&conn, last_seq)?;
         let (tx, rx) = flume::bounded(options.queue);
         let feed = Arc::new(Feed {
             entries: broadcast::channel(FEED_CAPACITY).0,
@@ -184,6 +200,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Mutex::new(Vec::new()),
+            incarnations,
         })
     }
 
@@ -350,7 +367,81 @@ impl Store for SqliteStore {
 
     async fn set_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
         let peer = peer.clone();
-        self.submit(|done| Op::Cursor { peer, seq, done }).await
+        self.submit(|done| Op::Cursor {
+            peer,
+            seq,
+            reset: false,
+            done,
+        })
+        .await
+    }
+
+    async fn reset_peer_cursor(&self, peer: &NodeId, seq: Seq) -> Result<Commit, StoreError> {
+        let peer = peer.clone();
+        self.submit(|done| Op::Cursor {
+            peer,
+            seq,
+            reset: true,
+            done,
+        })
+        .await
+    }
+
+    fn incarnations(&self) -> Vec<LogIncarnation> {
+        self.incarnations.clone()
+    }
+
+    async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError> {
+        let committed = self.committed();
+        if after >= committed {
+            return Ok(true);
+        }
+        self.read(move |conn| {
+            let held: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM log WHERE seq > ?1 AND seq <= ?2")?
+                .query_row(params![after as i64, committed as i64], |r| r.get(0))?;
+            Ok(held as Seq == committed - after)
+        })
+        .await
+    }
+
+    async fn received_cursor(
+        &self,
+        peer: &NodeId,
+    ) -> Result<Option<(Incarnation, Seq)>, StoreError> {
+        let peer = peer.clone();
+        self.read(move |conn| {
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT incarnation, seq FROM received_cursors WHERE peer = ?1")?
+                .query_row([peer.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            row.map(|(of, seq)| {
+                Incarnation::parse(&of)
+                    .map(|of| (of, seq as Seq))
+                    .map_err(|reason| StoreError::Corrupt {
+                        doc: format!("received cursor of peer {peer}"),
+                        reason,
+                    })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn set_received_cursor(
+        &self,
+        peer: &NodeId,
+        of: Incarnation,
+        seq: Seq,
+    ) -> Result<Commit, StoreError> {
+        let peer = peer.clone();
+        self.submit(|done| Op::Received {
+            peer,
+            of,
+            seq,
+            done,
+        })
+        .await
     }
 
     async fn remember_peer(&self, peer: &NodeId, info: PeerInfo) -> Result<Commit, StoreError> {
@@ -475,9 +566,61 @@ pub fn forget_peer(dir: &Path, node_id: &str) -> Result<bool, StoreError> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(RESUME_SCHEMA)?;
     let cursors = conn.execute("DELETE FROM peer_cursors WHERE node_id = ?1", [node_id])?;
     let records = conn.execute("DELETE FROM peers WHERE node_id = ?1", [node_id])?;
-    Ok(cursors + records > 0)
+    let received = conn.execute("DELETE FROM received_cursors WHERE peer = ?1", [node_id])?;
+    Ok(cursors + records + received > 0)
+}
+
+/// Tables for resuming replication (created on open, so a database from before them opens):
+/// - `incarnations`: one row per open of the store, with the first sequence that open numbers;
+///   ordered by `first_seq` then `rowid` (an open that wrote nothing leaves an empty range).
+/// - `received_cursors`: per peer, the incarnation of its log and the sequence through which
+///   everything it sent is durable here. Written before the acknowledgement goes out.
+pub const RESUME_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS incarnations (
+    id        TEXT PRIMARY KEY,
+    first_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS received_cursors (
+    peer        TEXT PRIMARY KEY,
+    incarnation TEXT NOT NULL,
+    seq         INTEGER NOT NULL
+);
+";
+
+/// Starts a new incarnation of the log (numbering from `last_seq + 1`) and returns the whole
+/// history, oldest first.
+fn start_incarnation(conn: &Connection, last_seq: Seq) -> Result<Vec<LogIncarnation>, StoreError> {
+    conn.execute_batch(RESUME_SCHEMA)?;
+    let new = LogIncarnation::new(last_seq + 1);
+    conn.execute(
+        "INSERT INTO incarnations (id, first_seq) VALUES (?1, ?2)",
+        params![new.id.to_string(), new.first_seq as i64],
+    )?;
+    let mut stmt =
+        conn.prepare("SELECT id, first_seq FROM incarnations ORDER BY first_seq, rowid")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut history = Vec::new();
+    for row in rows {
+        let (id, first_seq) = row?;
+        let id = Incarnation::parse(&id).map_err(|reason| StoreError::Corrupt {
+            doc: "incarnations".into(),
+            reason,
+        })?;
+        history.push(LogIncarnation {
+            id,
+            first_seq: first_seq as Seq,
+        });
+    }
+    if history.last() != Some(&new) {
+        return Err(StoreError::Corrupt {
+            doc: "incarnations".into(),
+            reason: "the new incarnation does not sort last".into(),
+        });
+    }
+    Ok(history)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -650,13 +793,25 @@ impl Writer {
                     let doc_id = self.doc_id(doc, new_docs)?;
                     seqs.push(self.compact(doc_id, snapshot)?);
                 }
-                Op::Cursor { peer, seq, .. } => {
+                Op::Cursor {
+                    peer, seq, reset, ..
+                } => {
                     self.conn
                         .prepare_cached(
                             "INSERT INTO peer_cursors (node_id, acked_seq) VALUES (?1, ?2)
-                             ON CONFLICT(node_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                             ON CONFLICT(node_id) DO UPDATE SET acked_seq =
+                             CASE WHEN ?3 THEN excluded.acked_seq ELSE MAX(acked_seq, excluded.acked_seq) END",
                         )?
-                        .execute(params![peer.as_str(), *seq as i64])?;
+                        .execute(params![peer.as_str(), *seq as i64, *reset])?;
+                    seqs.push(*seq);
+                }
+                Op::Received { peer, of, seq, .. } => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO received_cursors (peer, incarnation, seq) VALUES (?1, ?2, ?3)
+                             ON CONFLICT(peer) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq",
+                        )?
+                        .execute(params![peer.as_str(), of.to_string(), *seq as i64])?;
                     seqs.push(*seq);
                 }
                 Op::Peer { peer, info, .. } => {
@@ -755,6 +910,7 @@ fn done_of(op: Op) -> Option<oneshot::Sender<Result<Seq, StoreError>>> {
         Op::Append { done, .. }
         | Op::Compact { done, .. }
         | Op::Cursor { done, .. }
+        | Op::Received { done, .. }
         | Op::Peer { done, .. } => Some(done),
         Op::Close => None,
     }
