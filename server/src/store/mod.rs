@@ -19,6 +19,7 @@
 //! returns a [`Commit`] that resolves once the update is durable. The room relays the update only
 //! then, which is how "an update anyone received is already on disk" holds.
 
+mod checksum;
 pub mod held;
 pub mod memory;
 pub mod sqlite;
@@ -67,6 +68,18 @@ pub enum StoreError {
     /// The store was closed (the server is stopping).
     #[error("the store is closed")]
     Closed,
+    /// The database file itself is damaged (found when opening it): the server must not start
+    /// on it. The message is what the operator reads, so it says what to do.
+    #[error(
+        "the database file {path} is damaged: {reason}\n\
+         Concord does not start on a damaged database. To see the damage, stop every process \
+         using it and run: sqlite3 {path} \"PRAGMA integrity_check\"\n\
+         Then either restore {path} from a backup, or move it away (with {path}-wal and \
+         {path}-shm if present) to start with an empty store: peers, if this node has any, \
+         send it their documents again; on a single node what it held is lost, though \
+         `sqlite3 {path} .recover` may salvage part of it."
+    )]
+    DamagedFile { path: String, reason: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -147,8 +160,8 @@ pub type Commit = oneshot::Receiver<Result<Seq, StoreError>>;
 pub enum Durability {
     /// Commit (with fsync) before relaying: nothing relayed is ever lost, even on power loss.
     Sync,
-    /// Relay first, commit within the commit delay: lower latency, but a crash can lose what was
-    /// relayed during the last delay.
+    /// Relay first, commit within the commit delay (plus the write in progress, e.g. a large
+    /// compaction): lower latency, but a crash can lose what was relayed and not yet committed.
     Async,
 }
 
