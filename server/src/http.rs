@@ -90,8 +90,10 @@ async fn peer(
         )
             .into_response();
     };
-    ws.max_message_size(replication::PEER_MAX_MESSAGE)
-        .max_frame_size(replication::PEER_MAX_MESSAGE)
+    // Messages arrive cut into frames and are put back together by the bridge (which holds
+    // them to `PEER_MAX_MESSAGE`).
+    ws.max_message_size(replication::socket::MAX_FRAME)
+        .max_frame_size(replication::socket::MAX_FRAME)
         .on_upgrade(move |socket| {
             let sock = bridge(socket, hub.shutdown.child_token());
             replication::link::accept(hub, sock, remote, slot)

@@ -2,6 +2,7 @@
 //! multi-region deployment on loopback.
 //!
 //! Links are directed: `(i, j)` means node `i` lists a proxy in front of node `j` in `--peers`.
+//! Each proxy can be cut, silenced (blackholed) or limited in bandwidth.
 //! Listing both `(i, j)` and `(j, i)` makes both ends dial, as in a mesh where every node lists
 //! every other.
 
@@ -99,6 +100,26 @@ impl Cluster {
         }
     }
 
+    /// Blackholes both directions between `a` and `b`: sockets stay open, nothing arrives, until
+    /// [`Cluster::heal`].
+    pub fn silence(&self, a: usize, b: usize) {
+        for k in [(a, b), (b, a)] {
+            if let Some(p) = self.proxies.get(&k) {
+                p.silence();
+            }
+        }
+    }
+
+    /// Limits both directions between `a` and `b` to `bytes_per_sec` each way (None: no limit).
+    pub fn set_bandwidth(&self, a: usize, b: usize, bytes_per_sec: Option<u64>) {
+        for k in [(a, b), (b, a)] {
+            if let Some(p) = self.proxies.get(&k) {
+                p.set_bandwidth(bytes_per_sec);
+            }
+        }
+    }
+
+    /// Ends a cut or a silence between `a` and `b`.
     pub fn heal(&self, a: usize, b: usize) {
         for k in [(a, b), (b, a)] {
             if let Some(p) = self.proxies.get(&k) {

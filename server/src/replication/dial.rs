@@ -82,12 +82,11 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
 /// One connection: returns when the link ends, with how long it was up (Err if it never was).
 async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Duration, String> {
     let secret = hub.secret().ok_or("no --peer-secret")?.to_vec();
-    // The same limits as the accepting side: without them tungstenite's defaults (16 MiB a
-    // frame) would refuse a large update or a big document's snapshot, and the link would die on
-    // it again at every reconnect.
+    // The same limits as the accepting side: messages arrive cut into frames, put back together
+    // (up to `PEER_MAX_MESSAGE`) by the bridge.
     let config = WebSocketConfig::default()
-        .max_message_size(Some(super::PEER_MAX_MESSAGE))
-        .max_frame_size(Some(super::PEER_MAX_MESSAGE));
+        .max_message_size(Some(super::socket::MAX_FRAME))
+        .max_frame_size(Some(super::socket::MAX_FRAME));
     let (ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(endpoint, Some(config), true),
