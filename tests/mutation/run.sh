@@ -42,7 +42,7 @@ for m in "${mutants[@]}"; do
   git -C "$scratch" apply "$patch"
   echo "==> $m: $what"
   (cd "$scratch" && cargo build --release --locked -q -p concord-server &&
-    cargo nextest run --workspace --locked --no-run -q) >"$root/target/mutation/$m.build.log" 2>&1 || {
+    cargo nextest run --workspace --locked --no-run) >"$root/target/mutation/$m.build.log" 2>&1 || {
     echo "    the mutant does not build; see target/mutation/$m.build.log"
     results+=("| $m | does not build | |")
     status=1
