@@ -87,12 +87,15 @@ pub struct ServeArgs {
     pub doc_queue: usize,
 
     /// `sync`: an update is committed to disk (fsync) before it is relayed to anyone, so nothing
-    /// relayed is ever lost. `async`: relayed first, committed within --commit-delay; a crash can
-    /// lose up to that much of what was relayed, in exchange for lower latency.
+    /// relayed is ever lost. `async`: relayed first, committed with the writer's next transaction;
+    /// a crash can lose what was relayed but not yet committed: --commit-delay plus the fsync,
+    /// plus any write in progress (compacting a large document, a few ms per MB), in exchange
+    /// for lower latency.
     #[arg(long, env = "CONCORD_DURABILITY", value_enum, default_value_t = Durability::Sync)]
     pub durability: Durability,
 
-    /// With --durability async: the longest a relayed update waits for its commit.
+    /// With --durability async: how long the writer gathers updates into one commit (the loss
+    /// window is this, plus the fsync, plus any write in progress; see the README's Durability).
     #[arg(long, env = "CONCORD_COMMIT_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub commit_delay: Duration,
 
