@@ -341,6 +341,69 @@ mod cases {
         assert_eq!(known[&node("p")].dial_url.as_deref(), Some("http://other"));
     }
 
+    pub async fn an_open_store_numbers_its_log_in_a_current_incarnation_that_starts_after_it(
+        store: SharedStore,
+    ) {
+        let history = store.incarnations();
+        let current = history.last().expect("an open store has an incarnation");
+        assert_eq!(current.first_seq, store.committed() + 1);
+        let client = Doc::new();
+        append(&store, "a", &edit(&client, "x")).await;
+        // Appends continue the current incarnation; only opening the store starts another.
+        assert_eq!(store.incarnations(), history);
+    }
+
+    pub async fn received_cursors_are_none_until_recorded_then_replaced_whole(store: SharedStore) {
+        use concord_server::store::Incarnation;
+        assert_eq!(store.received_cursor(&node("p")).await.unwrap(), None);
+        let (i, j) = (Incarnation([1; 16]), Incarnation([2; 16]));
+        for (of, seq) in [(i, 5), (i, 9), (j, 3)] {
+            store
+                .set_received_cursor(&node("p"), of, seq)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                store.received_cursor(&node("p")).await.unwrap(),
+                Some((of, seq))
+            );
+        }
+        assert_eq!(store.received_cursor(&node("q")).await.unwrap(), None);
+    }
+
+    pub async fn the_log_says_whether_every_entry_after_a_point_is_still_there(store: SharedStore) {
+        let (d, e) = (Doc::new(), Doc::new());
+        for s in ["1", "2", "3"] {
+            append(&store, "d", &edit(&d, s)).await;
+        }
+        append(&store, "e", &edit(&e, "x")).await;
+        assert!(store.log_complete_after(0).await.unwrap());
+        // Without peers, compaction deletes entries 1-3: a peer resuming before them needs the
+        // snapshots; one resuming after them does not.
+        compact(&store, "d", vec![0, 0]).await;
+        assert!(!store.log_complete_after(0).await.unwrap());
+        assert!(!store.log_complete_after(2).await.unwrap());
+        assert!(store.log_complete_after(3).await.unwrap());
+        assert!(store.log_complete_after(4).await.unwrap());
+    }
+
+    pub async fn a_reset_peer_cursor_may_move_back(store: SharedStore) {
+        set_cursor(&store, "p", 7).await;
+        store
+            .reset_peer_cursor(&node("p"), 2)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.peer_cursors().await.unwrap()[&node("p")], 2);
+        // A plain update still only moves it forward.
+        set_cursor(&store, "p", 1).await;
+        assert_eq!(store.peer_cursors().await.unwrap()[&node("p")], 2);
+    }
+
     pub async fn close_completes_writes_queued_before_it_and_refuses_later_ones(
         store: SharedStore,
     ) {
@@ -420,6 +483,10 @@ conformance!(
     peer_cursors_only_move_forward,
     known_peers_keep_the_last_record_and_a_dial_url_none_does_not_erase,
     close_completes_writes_queued_before_it_and_refuses_later_ones,
+    an_open_store_numbers_its_log_in_a_current_incarnation_that_starts_after_it,
+    received_cursors_are_none_until_recorded_then_replaced_whole,
+    the_log_says_whether_every_entry_after_a_point_is_still_there,
+    a_reset_peer_cursor_may_move_back,
 );
 
 /// What only the SQLite store can suffer: damaged bytes on disk.
