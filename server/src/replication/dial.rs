@@ -36,7 +36,7 @@ pub fn peer_endpoint(base: &str) -> String {
 
 pub async fn dial_forever(hub: Arc<Replication>, url: String) {
     let endpoint = peer_endpoint(&url);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
         if hub.shutdown.is_cancelled() {
@@ -50,14 +50,10 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
             }
         }
-        match attempt(&hub, &url, &endpoint).await {
-            // Only a link that stayed up a while resets the backoff: one that authenticates and
-            // then dies at once (say, on an update it cannot store) must not be redialed in a
-            // tight loop.
-            Ok(up) if up >= STABLE_LINK => {
-                backoff = FIRST_BACKOFF;
-                failures = 0;
-            }
+        let outcome = attempt(&hub, &url, &endpoint).await;
+        let wait = backoff.after(outcome.as_ref().ok().copied());
+        match outcome {
+            Ok(up) if up >= STABLE_LINK => failures = 0,
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
@@ -70,12 +66,41 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
                 }
             }
         }
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        let jittered = wait.mul_f64(rand::rng().random_range(0.5..1.0));
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
             _ = tokio::time::sleep(jittered) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The redial policy, free of I/O: how long to wait (before jitter) after each attempt. It
+/// doubles from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]; only a link that stayed up
+/// [`STABLE_LINK`] starts it over, so one that authenticates and then dies at once (say, on an
+/// update it cannot store) is not redialed in a tight loop.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    /// After an attempt whose link was up for `up` (`None`: it never came up), the wait before
+    /// the next one.
+    fn after(&mut self, up: Option<Duration>) -> Duration {
+        if up.is_some_and(|up| up >= STABLE_LINK) {
+            self.next = FIRST_BACKOFF;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        wait
     }
 }
 
@@ -115,7 +140,31 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
 
 #[cfg(test)]
 mod tests {
-    use super::peer_endpoint;
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_only_a_stable_link_starts_it_over() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::default();
+        let failures: Vec<Duration> = (0..7).map(|_| b.after(None)).collect();
+        assert_eq!(
+            failures,
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3000),
+                ms(3000)
+            ]
+        );
+        // A link that died within seconds keeps the backoff where it is.
+        assert_eq!(b.after(Some(Duration::from_secs(2))), ms(3000));
+        // One that stayed up starts it over.
+        assert_eq!(b.after(Some(STABLE_LINK)), ms(100));
+        assert_eq!(b.after(None), ms(200));
+    }
 
     #[test]
     fn endpoints_from_base_urls() {
