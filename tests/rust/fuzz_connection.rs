@@ -430,7 +430,7 @@ async fn every_garbage_frame_is_refused_and_every_valid_one_served() {
         refused.len()
     );
     assert!(
-        applied.len() > 20 && refused.len() > 10,
+        applied.len() >= 10 && refused.len() >= 10,
         "too few updates for the test to mean anything: {} applied, {} refused with garbage",
         applied.len(),
         refused.len()
