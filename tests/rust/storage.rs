@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use concord_crdt::{ClientMessage, decode_frame};
 use concord_tests::{Server, WAIT, YClient, assert_contains, http_get, server_doc};
 
 fn db(dir: &Path) -> rusqlite::Connection {
@@ -58,6 +59,33 @@ async fn kill_9_right_after_the_echo_loses_nothing() {
             "echo ".repeat(40),
             "{doc}: relayed updates lost by kill -9"
         );
+    }
+}
+
+/// Sync durability relays an update (to its sender too) only once it is committed: the moment
+/// each echo arrives, the database file already holds that update. One update at a time, so a
+/// server relaying before its commit is caught at the first echo that outruns it.
+#[tokio::test]
+async fn every_echo_finds_its_update_already_committed() {
+    let server = Server::start(&[]).await;
+    let c = YClient::connect(&server.ws_url("committed")).await;
+    let db = rusqlite::Connection::open_with_flags(
+        server.data_dir.join("concord.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stored = db
+        .prepare("SELECT COUNT(*) FROM log WHERE data = ?1")
+        .unwrap();
+    for i in 0..40 {
+        let frame = c.append_sent("t", &format!("<{i}>"));
+        c.wait(|s| s.echoed(&frame)).await;
+        let update = match &decode_frame(&frame).unwrap()[..] {
+            [ClientMessage::Update(u)] => u.bytes.clone(),
+            other => panic!("not an update frame: {other:?}"),
+        };
+        let rows: i64 = stored.query_row([update], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1, "update {i} was relayed before it was committed");
     }
 }
 
