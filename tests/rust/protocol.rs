@@ -1,6 +1,7 @@
 //! The y-websocket protocol as unmodified Yjs clients rely on it, through real sockets against
 //! the real binary.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_crdt::encode;
@@ -319,12 +320,20 @@ async fn idle_documents_are_evicted_after_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_racing_an_eviction_reach_the_new_room() {
     const VISITS: usize = 100;
-    let server = Server::start(&["--evict-after", "1ms"]).await;
+    /// Every this many visits, a worker waits for its room's eviction before the next visit.
+    const EVICT_EVERY: usize = 10;
+    // Debug logging: rooms log their eviction, which this test must see happen.
+    let server =
+        Arc::new(Server::start_logging("concord_server=debug", &["--evict-after", "1ms"]).await);
     // One document per worker, visited one client at a time: between two visits the room goes
     // idle and is evicted right around when the next join arrives.
     let visits = (0..4).map(|worker| {
-        let url = server.ws_url(&format!("churn/{worker}"));
+        let server = server.clone();
         tokio::spawn(async move {
+            let doc = format!("churn/{worker}");
+            let url = server.ws_url(&doc);
+            let evicted_line = format!("doc={doc}");
+            let evictions = || server.logged_count(&["evicted idle document", &evicted_line]);
             for i in 0..VISITS {
                 let c = YClient::connect(&url).await;
                 let mark = format!("<{worker}.{i}>");
@@ -345,11 +354,35 @@ async fn joins_racing_an_eviction_reach_the_new_room() {
                     "visit {worker}.{i} failed: closed with {:?}",
                     c.closed()
                 );
+                // Now and then the next visit waits until the room this one used is gone, so
+                // the evictions the other visits race with do happen (a server that never
+                // evicts fails here rather than passing without any race).
+                if i % EVICT_EVERY == EVICT_EVERY - 1 {
+                    let before = evictions();
+                    drop(c);
+                    let r = server
+                        .wait_logged(
+                            &["evicted idle document", &evicted_line],
+                            before + 1,
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                    assert!(r.is_ok(), "{doc} was not evicted after visit {i}");
+                }
             }
+            evictions()
         })
     });
-    for v in futures_util::future::join_all(visits).await {
-        v.unwrap();
+    for (worker, v) in futures_util::future::join_all(visits)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let evictions = v.unwrap();
+        assert!(
+            evictions >= VISITS / EVICT_EVERY,
+            "churn/{worker} was evicted {evictions} times in {VISITS} visits"
+        );
     }
     for worker in 0..4 {
         let (_, text) =

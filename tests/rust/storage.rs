@@ -1,30 +1,92 @@
 //! Durable storage, through the real binary: nothing relayed is lost, stored documents come back,
 //! compaction and eviction work, and failures never turn into empty documents or false success.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use concord_tests::{Server, YClient, assert_contains, http_get, server_doc};
+use concord_crdt::{ClientMessage, decode_frame};
+use concord_tests::{Server, WAIT, YClient, assert_contains, http_get, server_doc};
 
 fn db(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join("concord.db")).unwrap()
 }
 
-/// Writes `n` chunks into `doc`'s text `t` from a fresh client and waits until they are echoed.
+/// Writes `n` chunks into `doc`'s text `t` from a fresh client and returns once the server has
+/// sent every one of those updates back to it. A room relays an accepted update, as received, to
+/// every member, its sender included, and (in sync durability) only once it is committed; the
+/// client's own text proves nothing, as it holds its edits at once. So what `write` returns on
+/// was relayed, and the tests that use it assert that what was relayed is durable.
 async fn write(server: &Server, doc: &str, n: usize, chunk: &str) -> YClient {
     let c = YClient::connect(&server.ws_url(doc)).await;
-    for _ in 0..n {
-        c.append("t", chunk);
-    }
-    let expected = n * chunk.len();
-    c.wait(|s| s.text_len("t") as usize == expected).await;
-    // Everything was echoed, so everything was committed: ask the server once more to be sure
-    // the echo is not the client's own local state.
-    let check = YClient::connect(&server.ws_url(doc)).await;
-    check.wait(|s| s.text_len("t") as usize == expected).await;
+    let sent: Vec<Vec<u8>> = (0..n).map(|_| c.append_sent("t", chunk)).collect();
+    // A room relays one client's updates in order: the last echo comes last.
+    let last = sent.last().expect("write at least one chunk");
+    let r = c.wait_for(WAIT, |s| s.echoed(last)).await;
+    assert!(
+        r.is_ok(),
+        "{doc}: the server did not relay the last of {n} updates"
+    );
+    let echoed: HashSet<Vec<u8>> = c.frames().into_iter().collect();
+    let missing = sent.iter().filter(|f| !echoed.contains(*f)).count();
+    assert_eq!(
+        missing, 0,
+        "{doc}: {missing} of {n} updates were never relayed"
+    );
     c
+}
+
+/// Whatever the server relayed is on disk: `kill -9` the moment the last echo arrives loses none
+/// of it (sync durability commits before relaying).
+#[tokio::test]
+async fn kill_9_right_after_the_echo_loses_nothing() {
+    let mut server = Server::start(&[]).await;
+    let docs = ["echoed/a", "echoed/b", "echoed/c"];
+    let writes = docs.map(|doc| write(&server, doc, 40, "echo "));
+    let clients = futures_util::future::join_all(writes).await;
+    server.kill9().await;
+    drop(clients);
+
+    server.restart().await;
+    for doc in docs {
+        let stored = server_doc(&server, doc)
+            .await
+            .unwrap_or_else(|| panic!("{doc}: relayed, yet missing after kill -9"));
+        assert_eq!(
+            stored.text("t").unwrap_or_default(),
+            "echo ".repeat(40),
+            "{doc}: relayed updates lost by kill -9"
+        );
+    }
+}
+
+/// Sync durability relays an update (to its sender too) only once it is committed: the moment
+/// each echo arrives, the database file already holds that update. One update at a time, so a
+/// server relaying before its commit is caught at the first echo that outruns it.
+#[tokio::test]
+async fn every_echo_finds_its_update_already_committed() {
+    let server = Server::start(&[]).await;
+    let c = YClient::connect(&server.ws_url("committed")).await;
+    let db = rusqlite::Connection::open_with_flags(
+        server.data_dir.join("concord.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stored = db
+        .prepare("SELECT COUNT(*) FROM log WHERE data = ?1")
+        .unwrap();
+    for i in 0..40 {
+        let frame = c.append_sent("t", &format!("<{i}>"));
+        c.wait(|s| s.echoed(&frame)).await;
+        let update = match &decode_frame(&frame).unwrap()[..] {
+            [ClientMessage::Update(u)] => u.bytes.clone(),
+            other => panic!("not an update frame: {other:?}"),
+        };
+        let rows: i64 = stored.query_row([update], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1, "update {i} was relayed before it was committed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +180,8 @@ async fn compaction_replaces_the_log_with_a_snapshot_and_round_trips() {
 
 #[tokio::test]
 async fn read_api_serves_live_and_stored_documents_and_404s_unknown_ones() {
-    let server = Server::start(&["--evict-after", "200ms"]).await;
+    // Debug logging: the room logs its eviction, which this test must see happen.
+    let server = Server::start_logging("concord_server=debug", &["--evict-after", "200ms"]).await;
     let (status, _) = http_get(&server.http_url("/api/docs/never/written/update")).await;
     assert_eq!(status, 404);
     let (status, _) = http_get(&server.http_url("/api/docs/never/text/t")).await;
@@ -126,6 +189,7 @@ async fn read_api_serves_live_and_stored_documents_and_404s_unknown_ones() {
 
     let c = write(&server, "api/doc", 3, "xyz").await;
     // live
+    assert_eq!(live_documents(&server).await, 1);
     let (status, body) = http_get(&server.http_url("/api/docs/api/doc/text/t")).await;
     assert_eq!(
         (status, String::from_utf8(body).unwrap()),
@@ -133,19 +197,28 @@ async fn read_api_serves_live_and_stored_documents_and_404s_unknown_ones() {
     );
     let live = server_doc(&server, "api/doc").await.unwrap();
     assert_eq!(live.text("t").as_deref(), Some("xyzxyzxyz"));
-    // stored only: close, wait for eviction
+    // stored only: close, and wait until the room has really been evicted
     drop(c);
-    for _ in 0..50 {
-        let (_, body) = http_get(&server.http_url("/api/status")).await;
-        if serde_json::from_slice::<serde_json::Value>(&body).unwrap()["documents"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let evicted = server
+        .wait_logged(&["evicted idle document", "doc=api/doc"], 1, WAIT)
+        .await;
+    assert!(evicted.is_ok(), "api/doc was never evicted");
+    assert_eq!(live_documents(&server).await, 0, "evicted, yet still live");
     let stored = server_doc(&server, "api/doc").await.unwrap();
     assert_eq!(stored.text("t").as_deref(), Some("xyzxyzxyz"));
     let (status, body) = http_get(&server.http_url("/api/docs/api/doc/text/missing-root")).await;
     assert_eq!((status, body.len()), (200, 0));
+    // Reads of a stored document come from the store: they bring no room back.
+    assert_eq!(live_documents(&server).await, 0);
+}
+
+/// `documents` in `/api/status`: how many documents are live (have a room).
+async fn live_documents(server: &Server) -> u64 {
+    let (_, body) = http_get(&server.http_url("/api/status")).await;
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    status["documents"]
+        .as_u64()
+        .expect("documents in /api/status")
 }
 
 #[tokio::test]

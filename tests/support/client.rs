@@ -146,22 +146,35 @@ impl YClient {
 
     /// Makes a local edit and sends it as an update, like a Yjs client does.
     pub fn edit(&self, f: impl FnOnce(&mut TransactionMut)) {
+        self.edit_sent(f);
+    }
+
+    /// [`YClient::edit`], returning the update frame it sent (to recognise the server's echo of
+    /// it with [`Shared::echoed`]).
+    pub fn edit_sent(&self, f: impl FnOnce(&mut TransactionMut)) -> Vec<u8> {
         let update = {
             let s = self.shared.lock().unwrap();
             let mut txn = s.doc.transact_mut();
             f(&mut txn);
             txn.encode_update_v1()
         };
-        self.send(encode::update(&update));
+        let frame = encode::update(&update);
+        self.send(frame.clone());
+        frame
     }
 
     /// Appends `s` to the `Y.Text` root `name`.
     pub fn append(&self, name: &str, s: &str) {
-        self.edit(|txn| {
+        self.append_sent(name, s);
+    }
+
+    /// [`YClient::append`], returning the update frame it sent.
+    pub fn append_sent(&self, name: &str, s: &str) -> Vec<u8> {
+        self.edit_sent(|txn| {
             let t = txn.get_or_insert_text(name);
             let len = t.len(txn);
             t.insert(txn, len, s);
-        });
+        })
     }
 
     /// Sets `key` in the `Y.Map` root `name`.
@@ -271,6 +284,13 @@ impl YClient {
 }
 
 impl Shared {
+    /// Whether the server sent `frame` (an update frame this client sent, see
+    /// [`YClient::edit_sent`]) back: a room relays each update it accepted, as received, to every
+    /// member, the sender included, and in sync durability only once it is committed.
+    pub fn echoed(&self, frame: &[u8]) -> bool {
+        self.frames.iter().any(|f| f == frame)
+    }
+
     /// The plain text of the `Y.Text` root `name` ("" if absent).
     pub fn text(&self, name: &str) -> String {
         let txn = self.doc.transact();

@@ -52,6 +52,8 @@ pub struct Server {
     /// Every line the server logged, for assertions on logs.
     pub log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
+    /// The `RUST_LOG` filter it runs with (kept across restarts).
+    rust_log: String,
 }
 
 impl Server {
@@ -65,13 +67,28 @@ impl Server {
 
     /// Starts a server on `data_dir` (to restart on the same data).
     pub async fn start_in(data_dir: &Path, args: &[&str]) -> Server {
-        Server::spawn(data_dir, args.iter().map(|s| s.to_string()).collect(), None).await
+        Server::spawn(
+            data_dir,
+            args.iter().map(|s| s.to_string()).collect(),
+            None,
+            default_log(),
+        )
+        .await
+    }
+
+    /// Starts a server with a fresh temporary data dir, logging with the `RUST_LOG` filter
+    /// `filter` (e.g. `concord_server=debug`, for tests that prove an event by its debug line).
+    pub async fn start_logging(filter: &str, args: &[&str]) -> Server {
+        let tmp = Arc::new(tempfile::tempdir().unwrap());
+        let args = args.iter().map(|s| s.to_string()).collect();
+        Server::spawn(tmp.path(), args, Some(tmp.clone()), filter.to_string()).await
     }
 
     async fn spawn(
         data_dir: &Path,
         args: Vec<String>,
         tmp: Option<Arc<tempfile::TempDir>>,
+        rust_log: String,
     ) -> Server {
         let listen = args.iter().any(|a| a == "--listen");
         let mut cmd = Command::new(concord_bin());
@@ -80,10 +97,7 @@ impl Server {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("CONCORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &rust_log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -119,13 +133,20 @@ impl Server {
             _tmp: tmp,
             log,
             args,
+            rust_log,
         }
     }
 
     /// Restarts on the same data dir and arguments (a new port unless `--listen` was given).
     pub async fn restart(&mut self) {
         let _ = self.child.kill().await;
-        let next = Server::spawn(&self.data_dir, self.args.clone(), self._tmp.clone()).await;
+        let next = Server::spawn(
+            &self.data_dir,
+            self.args.clone(),
+            self._tmp.clone(),
+            self.rust_log.clone(),
+        )
+        .await;
         *self = next;
     }
 
@@ -164,6 +185,37 @@ impl Server {
             .any(|l| needles.iter().all(|n| l.contains(n)))
     }
 
+    /// How many logged lines contain every one of `needles`.
+    pub fn logged_count(&self, needles: &[&str]) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until at least `n` logged lines contain every one of `needles`; `Err` with the
+    /// count reached after `limit`.
+    pub async fn wait_logged(
+        &self,
+        needles: &[&str],
+        n: usize,
+        limit: Duration,
+    ) -> Result<(), usize> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let seen = self.logged_count(needles);
+            if seen >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(seen);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Resident memory of the server process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -174,6 +226,11 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .unwrap()
     }
+}
+
+/// The `RUST_LOG` filter of servers started without one: `$CONCORD_TEST_LOG`, or `info`.
+fn default_log() -> String {
+    std::env::var("CONCORD_TEST_LOG").unwrap_or_else(|_| "info".into())
 }
 
 /// GET `url`; returns the status and body.
