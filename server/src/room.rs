@@ -197,6 +197,9 @@ pub struct Room {
     tail: LogTail,
     /// While some update waits for missing dependencies: when to ask the peers again.
     repair_due: Option<Instant>,
+    /// When this room last answered a peer's state vector with one of its own (to be sent what
+    /// it lacks), per peer.
+    asked_back: HashMap<NodeId, Instant>,
 }
 
 impl Room {
@@ -244,6 +247,7 @@ impl Room {
             exists,
             tail,
             repair_due: None,
+            asked_back: HashMap::new(),
         };
         let mut outbox = Outbox::default();
         let stop = room.serve(&mut rx, &mut outbox).await;
@@ -323,6 +327,11 @@ impl Room {
                 // was just committed. (On shutdown they are dropped: the server is stopping.)
                 rx.close();
                 while let Some(msg) = rx.recv().await {
+                    if let RoomMsg::Frame { id, .. } = &msg
+                        && self.refused.contains(id)
+                    {
+                        continue; // refused here: the successor must not apply it either
+                    }
                     if matches!(stop, Stop::Evicted) {
                         let _ = self.registry.deliver(&self.name, msg).await;
                     }
@@ -519,9 +528,19 @@ impl Room {
                 // whichever opened the document first. It answers our state vector after
                 // applying the Step2 above (same link, same order), so ours shows nothing it
                 // lacks and it does not ask back: one round each way.
+                // At most once per peer every REPAIR_EVERY: should its answer fail to apply
+                // here, the two would otherwise keep asking each other as fast as the link goes.
                 let ours = self.state.state_vector();
                 let lacking = sv.iter().any(|(client, clock)| ours.get(client) < *clock);
-                let ask = lacking.then(|| PeerMessage::SyncStep1 {
+                let now = Instant::now();
+                let recently = self
+                    .asked_back
+                    .get(&link.peer)
+                    .is_some_and(|at| now.duration_since(*at) < REPAIR_EVERY);
+                if lacking && !recently {
+                    self.asked_back.insert(link.peer.clone(), now);
+                }
+                let ask = (lacking && !recently).then(|| PeerMessage::SyncStep1 {
                     doc: self.name.clone(),
                     sv: ours.encode_v1(),
                 });

@@ -398,3 +398,47 @@ async fn an_older_database_opens_and_records_received_cursors() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// Presence is relayed to every registered link the moment it changes. A link must still open
+/// with `Resume`: while cursors are being read at link-up, people keep moving their cursors, and
+/// a link whose first message was their presence used to be refused (1002) and redialed, over
+/// and over on a busy node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_come_up_while_presence_streams_through_them() {
+    let c = Cluster::start(2, &mesh(2), Duration::ZERO, &[]).await;
+    c.wait_linked(&mesh(2)).await;
+    let doc = "presence/busy";
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let cl = YClient::connect(&c.nodes[i].ws_url(doc)).await;
+        clients.push(cl);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut movers = Vec::new();
+    for cl in clients {
+        let stop = stop.clone();
+        movers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                cl.set_presence(&format!(r#"{{"cursor":{n}}}"#));
+                n += 1;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }));
+    }
+    for _ in 0..5 {
+        c.cut(0, 1);
+        c.heal(0, 1);
+        c.wait_linked(&mesh(2)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for m in movers {
+        m.await.unwrap();
+    }
+    for node in &c.nodes {
+        assert!(
+            !node.logged(&["other than Resume"]),
+            "a link was refused because presence overtook its Resume"
+        );
+    }
+}

@@ -51,6 +51,35 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
         out: sock.outgoing.clone(),
         control: sock.control.clone(),
     };
+    // `Resume` is the first message on the link, queued before the link is registered: once it
+    // is, presence and state vectors are relayed onto it, and the peer refuses a link whose
+    // first message is anything else.
+    // What we hold of the peer's log, for it to resume from; nothing when unreadable (then it
+    // sends everything again, which is always safe).
+    let claim = match hub.store.received_cursor(&peer.node_id).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            warn!(peer = %peer.node_id, error = %e, "cannot read what was received from the peer; asking it for everything");
+            None
+        }
+    };
+    let history = hub.store.incarnations();
+    let Some(mine) = history.last().map(|i| i.id) else {
+        sock.control.close(1011, "the store has no incarnation");
+        return;
+    };
+    let resume = PeerMessage::Resume {
+        incarnation: mine,
+        claim,
+    };
+    if sock
+        .outgoing
+        .send(Bytes::from(resume.encode()))
+        .await
+        .is_err()
+    {
+        return;
+    }
     if !hub.register(link.clone()) {
         debug!(peer = %peer.node_id, "duplicate link refused");
         sock.control
@@ -65,32 +94,6 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
 
-    // What we hold of the peer's log, for it to resume from; nothing when unreadable (then it
-    // sends everything again, which is always safe).
-    let claim = match hub.store.received_cursor(&peer.node_id).await {
-        Ok(claim) => claim,
-        Err(e) => {
-            warn!(peer = %peer.node_id, error = %e, "cannot read what was received from the peer; asking it for everything");
-            None
-        }
-    };
-    let history = hub.store.incarnations();
-    let Some(mine) = history.last().map(|i| i.id) else {
-        sock.control.close(1011, "the store has no incarnation");
-        return finish(&hub, &link, &stats, &peer).await;
-    };
-    let resume = PeerMessage::Resume {
-        incarnation: mine,
-        claim,
-    };
-    if sock
-        .outgoing
-        .send(Bytes::from(resume.encode()))
-        .await
-        .is_err()
-    {
-        return finish(&hub, &link, &stats, &peer).await;
-    }
     let (theirs, their_claim) = match wait_for_resume(&mut sock, &stats).await {
         Ok(resume) => resume,
         Err(why) => {
@@ -141,6 +144,9 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     let mut persisted = (cursor, Instant::now());
     loop {
         let bytes = tokio::select! {
+            // A link being replaced stops at once, whatever is still buffered: its acks must
+            // not move the cursor the newer link has reset.
+            biased;
             _ = sock.control.token().cancelled() => break,
             b = sock.incoming.recv() => match b { Some(b) => b, None => break },
         };
@@ -184,7 +190,10 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
                     }
                     newer
                 });
-                if persisted.1.elapsed() >= PERSIST_CURSOR_EVERY && seq > persisted.0 {
+                if persisted.1.elapsed() >= PERSIST_CURSOR_EVERY
+                    && seq > persisted.0
+                    && hub.is_current(&link)
+                {
                     let _ = hub.store.set_peer_cursor(&peer.node_id, seq).await;
                     persisted = (seq, Instant::now());
                 }

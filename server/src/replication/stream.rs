@@ -21,7 +21,7 @@ use bytes::Bytes;
 use concord_crdt::PeerMessage;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{LinkHandle, PeerStats, Replication};
 use crate::store::{LogEntry, Seq};
@@ -83,6 +83,28 @@ impl Stream {
                     .read_log(self.pos, PAGE)
                     .await
                     .map_err(|e| e.to_string())?;
+                // Entries after the start are kept for this peer until it acknowledges them,
+                // so a gap (other than a damaged row, which still exists) means they were
+                // deleted behind its back. Unless this stream began with the snapshots, which
+                // cover them, end the link: the next one finds the log incomplete and sends
+                // the snapshots first. Never skip ahead silently.
+                if !snapshots && entries.first().map(|e| e.seq) != Some(self.pos + 1) {
+                    let complete = self
+                        .hub
+                        .store
+                        .log_complete_after(self.pos)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !complete {
+                        let why = format!(
+                            "log entries after {} were compacted away while streaming; restarting the link to send the snapshots",
+                            self.pos
+                        );
+                        warn!(peer = %self.link.peer, "{why}");
+                        self.link.control.close(1011, why.clone());
+                        return Err(why);
+                    }
+                }
                 if entries.is_empty() {
                     // The rest was compacted away (the peer has it, or got the snapshots): let
                     // the peer acknowledge up to here.

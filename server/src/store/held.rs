@@ -6,7 +6,10 @@
 //! passes every call through, except that the [`Commit`]s of `append`, `append_all` and
 //! `compact` are held back in order. The test then decides: [`HeldStore::release`] resolves the
 //! oldest ones with the wrapped store's result, [`HeldStore::fail`] resolves them with an error,
-//! as a full disk would. Everything else (loads, the log, cursors) is the wrapped store's.
+//! as a full disk would. Everything else (loads, the log, its feed, `committed`, cursors) is the
+//! wrapped store's, where the write has already landed: so it tests what the room makes visible,
+//! not what replication reads from the store (a test of "peers get committed entries only" needs
+//! a store that holds the feed back too).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

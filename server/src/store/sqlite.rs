@@ -698,6 +698,16 @@ fn add_checksum_columns(conn: &Connection) -> Result<(), StoreError> {
             );
         }
     }
+    // A binary from before checksums (run after a downgrade) rewrites a snapshot without its
+    // checksum; the database itself then drops the stale checksum, so the snapshot is read like
+    // any row from before checksums instead of being refused as damaged when this version
+    // returns. Damage on disk does not go through SQL and is still caught.
+    conn.execute_batch(
+        "CREATE TRIGGER IF NOT EXISTS docs_snapshot_crc_stale
+         AFTER UPDATE OF snapshot ON docs
+         WHEN NEW.snapshot_crc IS OLD.snapshot_crc AND NEW.snapshot IS NOT OLD.snapshot
+         BEGIN UPDATE docs SET snapshot_crc = NULL WHERE id = NEW.id; END;",
+    )?;
     Ok(())
 }
 
