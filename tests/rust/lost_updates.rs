@@ -173,24 +173,7 @@ async fn a_catch_up_into_rooms_that_keep_closing_loses_nothing() {
     }
     c.heal(0, 1);
     // Node 0 waits until node 1 has acknowledged its whole log.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = c.status(0).await;
-        let committed = status["committed_seq"].as_u64().unwrap();
-        let caught_up = status["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["node_id"] == "node-1" && p["acked_seq"].as_u64() == Some(committed));
-        if caught_up {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 1 did not acknowledge everything: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node_1_acknowledged_everything(&c).await;
     for (doc, text) in &expected {
         let got = http_text(&c.nodes[1], doc).await;
         assert_eq!(
@@ -246,24 +229,7 @@ async fn updates_for_an_unloadable_document_are_all_stored_before_they_are_ackno
         }
     }
     committed(&c.nodes[0], doc, &w.text("t"), &w).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = c.status(0).await;
-        let committed = status["committed_seq"].as_u64().unwrap();
-        let acked = status["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["node_id"] == "node-1" && p["acked_seq"].as_u64() == Some(committed));
-        if acked {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 1 did not acknowledge everything: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node_1_acknowledged_everything(&c).await;
     let stored: i64 = rusqlite::Connection::open(c.nodes[1].data_dir.join("concord.db"))
         .unwrap()
         .query_row(
@@ -296,5 +262,27 @@ async fn committed(server: &Server, doc: &str, text: &str, writer: &YClient) {
             writer.closed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until node 0's status shows node 1 acknowledged its whole log.
+async fn node_1_acknowledged_everything(c: &Cluster) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = c.status(0).await;
+        let committed = status["committed_seq"].as_u64().unwrap();
+        let acked = status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node_id"] == "node-1" && p["acked_seq"].as_u64() == Some(committed));
+        if acked {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 did not acknowledge everything: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
