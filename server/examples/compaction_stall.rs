@@ -57,7 +57,13 @@ async fn main() {
     for round in 0..rounds {
         // A log tail of 1,000 entries (4 MB), as compaction thresholds would leave.
         let tail: Vec<Append> = (0..1000).map(|_| entry("big", 4096)).collect();
-        store.append_all(tail).await.unwrap().await.unwrap().unwrap();
+        store
+            .append_all(tail)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
         let started = Instant::now();
         let compaction = store
             .compact(&DocName::parse("big").unwrap(), snapshot.clone())

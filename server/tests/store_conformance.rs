@@ -667,7 +667,8 @@ mod sqlite_integrity {
             })
             .unwrap();
         // As above: damage on disk bypasses the trigger an UPDATE would fire.
-        c.execute_batch("DROP TRIGGER docs_snapshot_crc_stale").unwrap();
+        c.execute_batch("DROP TRIGGER docs_snapshot_crc_stale")
+            .unwrap();
         c.execute(
             "UPDATE docs SET snapshot = ?1 WHERE name = 'bad'",
             [flip_in(&snapshot, "secret")],
