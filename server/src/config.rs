@@ -134,9 +134,107 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
 
-    /// The URL clients and peers reach this node at, shown in status (default: http://LISTEN).
+    /// The URL clients and peers reach this node at, shown in status (default: http://LISTEN,
+    /// or https://LISTEN with --tls-cert).
     #[arg(long, env = "CONCORD_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Who may read and write which document (see the README's "Access control").
+#[derive(Debug, Clone, Default, Args)]
+pub struct AuthArgs {
+    /// Verify client tokens (JWT, HS256) with this shared secret. The app's backend signs tokens
+    /// with it; `concord token` mints them from it.
+    #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Verify client tokens with this public key (PEM: ES256, EdDSA or RS256). Repeatable, for
+    /// key rotation: a token's `kid` picks the key named by the file's stem (`keys/2026-12.pem`
+    /// is kid `2026-12`); a token without `kid` is tried against each.
+    #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY", value_delimiter = ',')]
+    pub auth_public_key: Vec<PathBuf>,
+
+    /// Ask the app's backend instead: POST {doc, token, headers} to this URL for each new
+    /// connection or HTTP call; it answers {"access": "write"|"read"|"none", "user": "..."}.
+    #[arg(long, env = "CONCORD_AUTH_URL")]
+    pub auth_url: Option<String>,
+
+    /// How long an --auth-url answer is reused for the same token and document.
+    #[arg(long, env = "CONCORD_AUTH_CACHE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub auth_cache: Duration,
+
+    /// How long --auth-url may take to answer; a slower answer denies access.
+    #[arg(long, env = "CONCORD_AUTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Serve without any authentication on a non-loopback address. Every start logs a warning.
+    #[arg(long, env = "CONCORD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+}
+
+impl AuthArgs {
+    /// Whether any way of checking clients is configured.
+    pub fn enabled(&self) -> bool {
+        self.auth_secret.is_some() || !self.auth_public_key.is_empty() || self.auth_url.is_some()
+    }
+}
+
+/// TLS for clients (`--listen`) and for peer links.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) to serve HTTPS and WSS with. SIGHUP reloads it and the key.
+    #[arg(long, env = "CONCORD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "CONCORD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra CA certificate(s) (PEM) trusted for `https://` peers, besides the system roots
+    /// (for a private CA).
+    #[arg(long, env = "CONCORD_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// Refuse plain `ws://` peer links, dialed and accepted alike.
+    #[arg(long, env = "CONCORD_PEER_TLS_REQUIRED")]
+    pub peer_tls_required: bool,
+}
+
+/// Limits against abuse.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Open client connections at most; over it, new upgrades are answered 503 (0: no limit).
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Open client connections per client IP address at most (0: no limit). Behind a reverse
+    /// proxy every client shares the proxy's address: leave it off there.
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// How long a new TCP connection may take to send its request headers (and, with TLS, to
+    /// finish the TLS handshake) before it is cut: slowloris protection.
+    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        LimitArgs {
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl ServeArgs {
