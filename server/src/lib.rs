@@ -20,6 +20,7 @@
 //! Data flows client → connection reader → room inbox → room → member queues → writers.
 //! Nothing holds a lock across an `.await`; each document has exactly one owner (its room).
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod control;
@@ -64,6 +65,8 @@ pub struct App {
     pub next_conn_id: AtomicU64,
     /// Open client connections, for `/api/status`.
     pub connections: AtomicUsize,
+    /// Decides who may read, write and operate (see [`auth`]).
+    pub gate: auth::Gate,
 }
 
 /// How long shutdown waits for connections to say goodbye before giving up on them.
@@ -88,6 +91,8 @@ pub async fn serve_on(
         anyhow::bail!("--peers needs --peer-secret: peer links must authenticate");
     }
     let addr = listener.local_addr()?;
+    let gate = auth::Gate::new(&config.auth)?;
+    check_exposure(&config, addr, &gate)?;
     let node_id = node_id::load_or_create(&config.data_dir, config.node_id.as_deref())?;
     let shutdown = CancellationToken::new();
     let store: SharedStore = Arc::new(SqliteStore::open(
@@ -126,6 +131,7 @@ pub async fn serve_on(
         tasks: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
         connections: AtomicUsize::new(0),
+        gate,
     });
     tokio::spawn(memory::trim_task(shutdown.clone()));
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
@@ -162,6 +168,31 @@ pub async fn serve_on(
     registry.tasks.wait().await;
     store.close().await;
     info!("stopped");
+    Ok(())
+}
+
+/// Secure by default: without any authentication, serve only on a loopback address, unless
+/// `--allow-anonymous` says so explicitly (and then warn at every start).
+fn check_exposure(config: &ServeArgs, addr: SocketAddr, gate: &auth::Gate) -> anyhow::Result<()> {
+    if !gate.is_open() {
+        return Ok(());
+    }
+    if config.auth.allow_anonymous {
+        warn!(
+            %addr,
+            "--allow-anonymous: anyone who can reach this address can read and overwrite every \
+             document"
+        );
+        return Ok(());
+    }
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {addr} without authentication: anyone who can reach it could \
+             read and overwrite every document. Set --auth-secret, --auth-public-key or \
+             --auth-url (see the README's \"Access control\"), listen on a loopback address \
+             (127.0.0.1), or pass --allow-anonymous if this network is trusted"
+        );
+    }
     Ok(())
 }
 
