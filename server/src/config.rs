@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
@@ -33,6 +34,47 @@ pub enum Command {
     /// back it is treated as new: it gets every document's snapshot, then the log. Works while
     /// the server runs; its status shows the peer until it restarts.
     ForgetPeer(ForgetPeerArgs),
+    /// Mint a client token (HS256 JWT) from the shared --auth-secret and print it, for scripts
+    /// and tests. Apps mint their own with any JWT library (see the README's "Access control").
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The secret the servers verify with (`--auth-secret`).
+    #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: String,
+
+    /// `PATTERN=read` or `PATTERN=write`, repeatable. A pattern is a document name or a prefix
+    /// ending in `*` (`'*'` is every document); the most specific match wins.
+    #[arg(long = "doc", value_parser = doc_grant)]
+    pub docs: Vec<(String, crate::auth::Access)>,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub expires: Duration,
+
+    /// Who the token is for (shown in the server's logs).
+    #[arg(long)]
+    pub sub: Option<String>,
+
+    /// Grant the operator endpoints (`/api/status`, ...).
+    #[arg(long)]
+    pub admin: bool,
+}
+
+fn doc_grant(s: &str) -> Result<(String, crate::auth::Access), String> {
+    use crate::auth::Access;
+    let (pattern, access) = s
+        .rsplit_once('=')
+        .ok_or("expected PATTERN=read or PATTERN=write")?;
+    let access = match access {
+        "read" => Access::Read,
+        "write" => Access::Write,
+        "none" => Access::None,
+        other => return Err(format!("access must be read, write or none, not {other:?}")),
+    };
+    Ok((pattern.to_string(), access))
 }
 
 #[derive(Debug, Clone, Args)]

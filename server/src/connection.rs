@@ -4,21 +4,26 @@
 //! The two halves only meet through [`Control`]: whoever decides the connection must end (the
 //! reader on a bad frame, the room on a full queue, the server on shutdown, the writer on a dead
 //! socket) records a close code and cancels the token; the writer sends that close frame.
+//!
+//! The reader also enforces the connection's [`Grant`]: a read-only client's updates are
+//! dropped here, before the room sees them (so they are never applied, stored or relayed), and
+//! a connection whose token expires is closed with 1008 at its `exp`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
-use concord_crdt::{DocName, decode_frame, encode};
+use concord_crdt::{ClientMessage, DocName, decode_frame, encode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::App;
+use crate::auth::{Access, Grant};
 use crate::control::Control;
 use crate::registry::JoinError;
 use crate::room::RoomMsg;
@@ -80,7 +85,7 @@ impl ClientHandle {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<App>) {
+pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Grant, app: Arc<App>) {
     let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
     app.connections.fetch_add(1, Ordering::Relaxed);
     let control = Arc::new(Control::new(app.shutdown.child_token()));
@@ -106,7 +111,16 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
     let _keep_queue_open = client.clone();
     match app.registry.join(&doc, client).await {
         Ok(room) => {
-            read_loop(&mut stream, &doc, peer, id, &room, &control).await;
+            let reader = Reader {
+                doc: &doc,
+                peer,
+                id,
+                room: &room,
+                control: &control,
+                grant: &grant,
+                out: &_keep_queue_open,
+            };
+            reader.run(&mut stream).await;
             // Tell the room even when the reader ended because the room is gone: harmless.
             let _ = room.send(RoomMsg::Leave { id }).await;
         }
@@ -139,62 +153,131 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, app: Arc<A
 /// How long a closing connection waits for the client's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
-async fn read_loop(
-    stream: &mut SplitStream<WebSocket>,
-    doc: &DocName,
+/// The reading half of one connection, and what it needs to know.
+struct Reader<'a> {
+    doc: &'a DocName,
     peer: SocketAddr,
     id: ConnId,
-    room: &mpsc::Sender<RoomMsg>,
-    control: &Control,
-) {
-    // One waiter for the whole connection, not one registered per frame.
-    let cancelled = control.token().cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        let msg = tokio::select! {
-            _ = &mut cancelled => return,
-            msg = stream.next() => msg,
-        };
-        control.seen();
-        let frame = match msg {
-            None => return,
-            Some(Ok(Message::Close(frame))) => {
-                // Answer with the client's own code (RFC 6455 §5.5.1), so a normal close is
-                // seen as one: the writer sends it as the closing frame.
-                let code = frame.map_or(close_code::NORMAL, |f| f.code);
-                control.close(code, "");
-                return;
-            }
-            Some(Ok(Message::Binary(frame))) => frame,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Text(_))) => {
-                warn!(%doc, %peer, "text frame refused; closing with 1003");
-                control.close(
-                    close_code::UNSUPPORTED,
-                    "text frames are not part of the y-websocket protocol",
-                );
-                return;
-            }
-            Some(Err(e)) => {
-                if let Some(limit) = message_too_long(e) {
-                    warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
-                    control.close(close_code::SIZE, limit);
-                }
-                return;
-            }
-        };
-        match decode_frame(&frame) {
-            Ok(msgs) => {
-                if room.send(RoomMsg::Frame { id, msgs }).await.is_err() {
+    room: &'a mpsc::Sender<RoomMsg>,
+    control: &'a Control,
+    grant: &'a Grant,
+    /// The connection's own queue, for the permission-denied message.
+    out: &'a ClientHandle,
+}
+
+impl Reader<'_> {
+    async fn run(&self, stream: &mut SplitStream<WebSocket>) {
+        let (doc, peer, control) = (self.doc, self.peer, self.control);
+        // One waiter for the whole connection, not one registered per frame.
+        let cancelled = control.token().cancelled();
+        tokio::pin!(cancelled);
+        let expiry = sleep_until_expiry(self.grant.expires);
+        tokio::pin!(expiry);
+        let mut denied_once = false;
+        loop {
+            let msg = tokio::select! {
+                _ = &mut cancelled => return,
+                _ = &mut expiry => {
+                    info!(%doc, %peer, sub = self.grant.sub.as_deref().unwrap_or(""), "token expired; closing with 1008");
+                    control.close(close_code::POLICY, "token expired");
                     return;
                 }
+                msg = stream.next() => msg,
+            };
+            control.seen();
+            let frame = match msg {
+                None => return,
+                Some(Ok(Message::Close(frame))) => {
+                    // Answer with the client's own code (RFC 6455 §5.5.1), so a normal close is
+                    // seen as one: the writer sends it as the closing frame.
+                    let code = frame.map_or(close_code::NORMAL, |f| f.code);
+                    control.close(code, "");
+                    return;
+                }
+                Some(Ok(Message::Binary(frame))) => frame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(_))) => {
+                    warn!(%doc, %peer, "text frame refused; closing with 1003");
+                    control.close(
+                        close_code::UNSUPPORTED,
+                        "text frames are not part of the y-websocket protocol",
+                    );
+                    return;
+                }
+                Some(Err(e)) => {
+                    if let Some(limit) = message_too_long(e) {
+                        warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
+                        control.close(close_code::SIZE, limit);
+                    }
+                    return;
+                }
+            };
+            let mut msgs = match decode_frame(&frame) {
+                Ok(msgs) => msgs,
+                Err(e) => {
+                    warn!(%doc, %peer, error = %e, code = e.close_code(), "malformed frame; closing the connection");
+                    control.close(e.close_code(), e.to_string());
+                    return;
+                }
+            };
+            if self.grant.access < Access::Write && drop_writes(&mut msgs) && !denied_once {
+                denied_once = true;
+                self.deny_write();
             }
-            Err(e) => {
-                warn!(%doc, %peer, error = %e, code = e.close_code(), "malformed frame; closing the connection");
-                control.close(e.close_code(), e.to_string());
+            if msgs.is_empty() {
+                continue;
+            }
+            if self
+                .room
+                .send(RoomMsg::Frame { id: self.id, msgs })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
+    }
+
+    /// Tells a read-only client, once, that its edits go nowhere: y-websocket logs the
+    /// y-protocols permission-denied message with its reason.
+    fn deny_write(&self) {
+        info!(
+            doc = %self.doc,
+            peer = %self.peer,
+            sub = self.grant.sub.as_deref().unwrap_or(""),
+            "read-only client sent an update; dropped (logged once per connection)"
+        );
+        let frame = encode::permission_denied(
+            "read-only access: your updates are not applied, stored or relayed",
+        );
+        // A full queue means the room is about to drop this client anyway.
+        let _ = self.out.try_send(Bytes::from(frame));
+    }
+}
+
+/// Removes the update messages of a read-only client's frame. Returns whether one of them
+/// carried an edit (an empty Step2, which every client sends in answer to the server's Step1,
+/// is not one).
+fn drop_writes(msgs: &mut Vec<ClientMessage>) -> bool {
+    let mut wrote = false;
+    msgs.retain(|m| match m {
+        ClientMessage::SyncStep2(u) | ClientMessage::Update(u) => {
+            wrote |= !u.decoded.is_empty();
+            false
+        }
+        _ => true,
+    });
+    wrote
+}
+
+/// Completes when a token that expires at `at` has expired; never without one.
+async fn sleep_until_expiry(at: Option<SystemTime>) {
+    match at {
+        Some(at) => {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await
+        }
+        None => std::future::pending().await,
     }
 }
 

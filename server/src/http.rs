@@ -6,21 +6,28 @@
 //! - `GET /api/docs/{doc}/text/{name}`: the plain text of its `Y.Text` root `{name}`.
 //! - `GET /api/status`: node status as JSON.
 //! - `GET /`, `/app.js`, `/style.css`: the web demo.
+//!
+//! With auth on ([`crate::auth`]), `/ws` and `/api/docs` need read access to the document and
+//! `/api/status` needs an admin token; the refusal (401, 403) comes before any work, and before
+//! the upgrade. `/healthz`, the demo's static files and `/peer` (which authenticates itself)
+//! stay open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use concord_crdt::{DocName, DocState};
+use serde::Deserialize;
 use tokio::sync::oneshot;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::{debug, warn};
 
+use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::replication::socket::bridge;
 use crate::room::{ReadKind, RoomMsg};
 use crate::{App, connection, replication};
@@ -28,14 +35,15 @@ use crate::{App, connection, replication};
 pub fn router(app: Arc<App>) -> Router {
     // The read API and status may be read from another region's page (the demo's replication
     // panel polls every region): allow cross-origin GETs. They expose nothing a client of the
-    // document could not read anyway.
+    // document could not read anyway, and with auth on they need the same token.
     let api = Router::new()
         .route("/api/status", get(status))
         .route("/api/docs/{*rest}", get(doc_read))
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
-                .allow_methods([Method::GET]),
+                .allow_methods([Method::GET])
+                .allow_headers([header::AUTHORIZATION]),
         );
     Router::new()
         .route("/", get(demo))
@@ -52,16 +60,66 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `?token=`: how browser clients (y-websocket's `params: { token }`) pass a token; server-side
+/// clients may send `Authorization: Bearer` instead.
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Asks the gate; a refusal is logged at warn (reason, document, address, `sub`; never the
+/// token) and becomes the response.
+async fn authorize(
+    app: &App,
+    need: Need,
+    doc: Option<&DocName>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: TokenQuery,
+) -> Result<Grant, Response> {
+    let creds = Credentials::from_request(headers, query.token);
+    app.gate
+        .check(need, doc, &creds)
+        .await
+        .map_err(|refusal| refuse(refusal, need, doc, remote))
+}
+
+fn refuse(refusal: Refusal, need: Need, doc: Option<&DocName>, remote: SocketAddr) -> Response {
+    let Refusal {
+        status,
+        reason,
+        sub,
+    } = refusal;
+    warn!(
+        %remote,
+        doc = %doc.map_or("-", |d| d.as_str()),
+        sub = %sub.as_deref().unwrap_or("-"),
+        ?need,
+        status = status.as_u16(),
+        %reason,
+        "access refused"
+    );
+    (status, reason).into_response()
+}
+
 /// Node status as JSON: identity, live documents and connections, and every peer with its link
-/// state, last contact, acknowledged sequence and backlog.
-async fn status(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
+/// state, last contact, acknowledged sequence and backlog. Needs an admin token with auth on.
+async fn status(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(refused) = authorize(&app, Need::Admin, None, remote, &headers, query).await {
+        return refused;
+    }
     let mut status = app.replication.status();
     status["documents"] = app.registry.live().into();
     status["connections"] = app
         .connections
         .load(std::sync::atomic::Ordering::Relaxed)
         .into();
-    axum::Json(status)
+    axum::Json(status).into_response()
 }
 
 /// A peer node's link. Authentication happens over the socket (challenge/response), so the
@@ -103,7 +161,13 @@ async fn peer(
 /// The read API. `{rest}` is `{doc}/update` or `{doc}/text/{name}`; the document name may hold
 /// `/`, the text root name may not. Served from the live room when there is one (which answers
 /// with committed state only), otherwise straight from the store without starting a room.
-async fn doc_read(State(app): State<Arc<App>>, Path(rest): Path<String>) -> Response {
+async fn doc_read(
+    State(app): State<Arc<App>>,
+    Path(rest): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
     let (name, kind) = if let Some(name) = rest.strip_suffix("/update") {
         (name, ReadKind::Update)
     } else if let Some((name, root)) = rest.rsplit_once("/text/") {
@@ -120,6 +184,9 @@ async fn doc_read(State(app): State<Arc<App>>, Path(rest): Path<String>) -> Resp
         Ok(doc) => doc,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    if let Err(refused) = authorize(&app, Need::Read, Some(&doc), remote, &headers, query).await {
+        return refused;
+    }
     let answer = match read_doc(&app, &doc, kind).await {
         Ok(answer) => answer,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
@@ -184,12 +251,15 @@ async fn demo_css() -> impl IntoResponse {
     )
 }
 
-/// Validates the name before upgrading, so a bad name costs a 400 and no socket: clients retry
+/// Validates the name and the token before upgrading, so a bad name costs a 400, a missing or
+/// bad token a 401 and a token without access a 403, and none of them a socket: clients retry
 /// rejected upgrades in a loop, so rejection must be cheap.
 async fn websocket(
     State(app): State<Arc<App>>,
     Path(doc): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let doc = match DocName::parse_with_limit(&doc, app.config.max_doc_name) {
@@ -198,6 +268,10 @@ async fn websocket(
             debug!(%peer, error = %e, "refused document name");
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
+    };
+    let grant = match authorize(&app, Need::Connect, Some(&doc), peer, &headers, query).await {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
     };
     let limit = app.config.max_message_size;
     ws.max_message_size(limit)
@@ -208,6 +282,6 @@ async fn websocket(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tasks = app.tasks.clone();
-            tasks.track_future(connection::serve(socket, doc, peer, app))
+            tasks.track_future(connection::serve(socket, doc, peer, grant, app))
         })
 }

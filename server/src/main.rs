@@ -41,6 +41,20 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Demo(args)) => {
             concord_server::demo::run(args, concord_server::shutdown_signal()).await
         }
+        Some(Command::Token(args)) => {
+            let claims = concord_server::auth::token::Claims {
+                exp: concord_server::auth::token::now_secs() + args.expires.as_secs(),
+                nbf: None,
+                sub: args.sub,
+                docs: args.docs.into_iter().collect(),
+                admin: args.admin,
+            };
+            println!(
+                "{}",
+                concord_server::auth::token::mint(&args.auth_secret, &claims)
+            );
+            Ok(())
+        }
         Some(Command::ForgetPeer(args)) => {
             let forgot = concord_server::store::sqlite::forget_peer(&args.data_dir, &args.node_id)?;
             if forgot {

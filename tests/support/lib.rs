@@ -7,4 +7,4 @@ pub mod cluster;
 pub mod server;
 
 pub use client::{WAIT, YClient};
-pub use server::{Server, assert_contains, concord_bin, http_get, server_doc};
+pub use server::{Server, assert_contains, concord_bin, http_get, mint, server_doc};

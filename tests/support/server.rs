@@ -54,6 +54,9 @@ pub struct Server {
     args: Vec<String>,
     /// The `RUST_LOG` filter it runs with (kept across restarts).
     rust_log: String,
+    /// With `--auth-secret S` among its arguments: an admin token for every document, minted
+    /// from S, which [`Server::http_url`] adds to every URL (status, reads).
+    pub admin_token: Option<String>,
 }
 
 impl Server {
@@ -132,6 +135,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             _tmp: tmp,
             log,
+            admin_token: admin_token(&args),
             args,
             rust_log,
         }
@@ -154,8 +158,15 @@ impl Server {
         format!("ws://{}/ws/{}", self.addr, doc)
     }
 
+    /// The URL of `path`, carrying [`Server::admin_token`] when the server checks tokens.
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        match &self.admin_token {
+            Some(token) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("http://{}{path}{sep}token={token}", self.addr)
+            }
+            None => format!("http://{}{}", self.addr, path),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -226,6 +237,42 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .unwrap()
     }
+}
+
+/// An admin token for every document when `args` hold `--auth-secret SECRET`.
+fn admin_token(args: &[String]) -> Option<String> {
+    let at = args.iter().position(|a| a == "--auth-secret")?;
+    Some(mint(
+        args.get(at + 1)?,
+        &[("*", "write")],
+        true,
+        Duration::from_secs(3600),
+    ))
+}
+
+/// Mints an HS256 client token from `secret` granting `docs` (pattern, "read"|"write"), valid for
+/// `valid_for`.
+pub fn mint(secret: &str, docs: &[(&str, &str)], admin: bool, valid_for: Duration) -> String {
+    use concord_server::auth::{Access, token};
+    let docs = docs
+        .iter()
+        .map(|(p, a)| {
+            let access = match *a {
+                "read" => Access::Read,
+                "write" => Access::Write,
+                _ => Access::None,
+            };
+            (p.to_string(), access)
+        })
+        .collect();
+    let claims = token::Claims {
+        exp: token::now_secs() + valid_for.as_secs(),
+        nbf: None,
+        sub: Some("test".into()),
+        docs,
+        admin,
+    };
+    token::mint(secret, &claims)
 }
 
 /// The `RUST_LOG` filter of servers started without one: `$CONCORD_TEST_LOG`, or `info`.

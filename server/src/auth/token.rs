@@ -141,6 +141,10 @@ impl Verifier {
             validation.validate_aud = false;
             validation.set_required_spec_claims(&["exp"]);
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                // RFC 7519: `exp` is the time "on or after which" the token is refused;
+                // jsonwebtoken still accepts it during that second, while a connection is
+                // closed at its start.
+                Ok(data) if now_secs() >= data.claims.exp => return Err(TokenError::Expired),
                 Ok(data) => return Ok(data.claims),
                 Err(e) => last = classify(e),
             }
@@ -162,6 +166,8 @@ fn classify(e: jsonwebtoken::errors::Error) -> TokenError {
     }
 }
 
+type PemParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 fn load_public_key(path: &Path) -> Result<Key, KeyError> {
     let pem = std::fs::read(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
@@ -171,10 +177,7 @@ fn load_public_key(path: &Path) -> Result<Key, KeyError> {
     let text = String::from_utf8_lossy(&pem);
     // The PEM label tells RSA apart; SPKI ("PUBLIC KEY") keys are tried as EC, then Ed25519,
     // and each parser refuses the other's keys.
-    let attempts: [(
-        Algorithm,
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-    ); 3] = [
+    let attempts: [(Algorithm, PemParser); 3] = [
         (Algorithm::ES256, DecodingKey::from_ec_pem),
         (Algorithm::EdDSA, DecodingKey::from_ed_pem),
         (Algorithm::RS256, DecodingKey::from_rsa_pem),
@@ -224,4 +227,66 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn claims() -> impl Strategy<Value = Claims> {
+        let access = prop_oneof![Just(Access::None), Just(Access::Read), Just(Access::Write)];
+        (
+            proptest::collection::btree_map("[a-z/]{0,6}\\*?", access, 0..4),
+            any::<bool>(),
+            proptest::option::of("[a-z]{1,8}"),
+        )
+            .prop_map(|(docs, admin, sub)| Claims {
+                exp: now_secs() + 3600,
+                nbf: None,
+                sub,
+                docs,
+                admin,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(13),
+            ..ProptestConfig::default()
+        })]
+
+        /// A token verifies to exactly the claims it was minted with, and any change to any
+        /// byte of it either is refused or (a base64 bit the decoder ignores) changes nothing:
+        /// a tampered token never grants more.
+        #[test]
+        fn tampered_tokens_never_grant_more(
+            claims in claims(),
+            at in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let verifier = Verifier::new(Some("secret"), &[]).unwrap();
+            let token = mint("secret", &claims);
+            prop_assert_eq!(verifier.verify(&token), Ok(claims.clone()));
+            let mut bytes = token.into_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= flip;
+            if let Ok(tampered) = String::from_utf8(bytes) {
+                if let Ok(got) = verifier.verify(&tampered) {
+                    prop_assert_eq!(got, claims.clone());
+                }
+            }
+            // Minted with another secret: always refused.
+            let other = mint("other", &claims);
+            prop_assert_eq!(verifier.verify(&other), Err(TokenError::Signature));
+        }
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_decoding() {
+        let verifier = Verifier::new(Some("secret"), &[]).unwrap();
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(verifier.verify(&huge), Err(TokenError::TooLong));
+    }
 }
