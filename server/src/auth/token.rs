@@ -272,10 +272,10 @@ mod tests {
             let mut bytes = token.into_bytes();
             let i = at.index(bytes.len());
             bytes[i] ^= flip;
-            if let Ok(tampered) = String::from_utf8(bytes) {
-                if let Ok(got) = verifier.verify(&tampered) {
-                    prop_assert_eq!(got, claims.clone());
-                }
+            if let Ok(tampered) = String::from_utf8(bytes)
+                && let Ok(got) = verifier.verify(&tampered)
+            {
+                prop_assert_eq!(got, claims.clone());
             }
             // Minted with another secret: always refused.
             let other = mint("other", &claims);
