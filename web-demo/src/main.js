@@ -2,6 +2,7 @@
 // the cluster, with presence, an offline switch and a live view of replication between regions.
 //
 // The document name and the region live in the URL (?doc=...&region=...), so a link can be shared.
+// With auth on, open it with ?token=...: the token goes to the provider and to the status calls.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
@@ -10,6 +11,7 @@ import { keymap } from '@codemirror/view'
 
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
+const token = params.get('token')
 
 const COLORS = ['#d1495b', '#2e86ab', '#3bb273', '#8e44ad', '#e67e22', '#16a085', '#c0392b', '#2c3e50']
 const ANIMALS = ['Otter', 'Heron', 'Lynx', 'Badger', 'Falcon', 'Marten', 'Ibex', 'Wren', 'Puffin', 'Gecko']
@@ -40,7 +42,10 @@ let view = null
 // --- regions -------------------------------------------------------------------------------
 
 async function status (base) {
-  const res = await fetch(`${base}/api/status`, { cache: 'no-store' })
+  // The token goes in the query rather than a header: a cross-origin GET with a header would
+  // need a CORS preflight per poll.
+  const query = token ? `?token=${encodeURIComponent(token)}` : ''
+  const res = await fetch(`${base}/api/status${query}`, { cache: 'no-store' })
   if (!res.ok) throw new Error(`status ${res.status}`)
   return res.json()
 }
@@ -70,7 +75,10 @@ function connect () {
     state.provider.destroy()
     state.provider = null
   }
-  const provider = new WebsocketProvider(wsUrl(state.region), state.doc, ydoc, { connect: !state.offline })
+  const provider = new WebsocketProvider(wsUrl(state.region), state.doc, ydoc, {
+    connect: !state.offline,
+    params: token ? { token } : {}
+  })
   provider.awareness.setLocalStateField('user', user)
   provider.on('status', renderConnection)
   provider.on('sync', renderConnection)
@@ -176,7 +184,11 @@ async function renderReplication () {
 
 function updateUrl () {
   const q = new URLSearchParams({ doc: state.doc, region: state.region.name })
-  history.replaceState(null, '', `?${q}`)
+  // The token stays in this tab's URL (a reload keeps working) but not in the share link: a
+  // token is its holder's own.
+  const own = new URLSearchParams(q)
+  if (token) own.set('token', token)
+  history.replaceState(null, '', `?${own}`)
   $('share').href = `${state.region.url}/?${q}`
 }
 
