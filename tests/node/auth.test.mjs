@@ -76,3 +76,16 @@ test('a refused provider (401) backs off instead of hammering', async () => {
   assert.ok(attempts <= 10, `${attempts} attempts in ${seconds} s`)
   assert.equal(c.provider.wsconnected, false)
 })
+
+test("the README's Node snippet mints a token Concord accepts", async () => {
+  // As in the README's "Tokens", with the `jsonwebtoken` package.
+  const { default: jwt } = await import('jsonwebtoken')
+  process.env.CONCORD_AUTH_SECRET = SECRET
+  const token = jwt.sign(
+    { sub: 'ann', docs: { 'team/*': 'write', 'wiki/*': 'read' } },
+    process.env.CONCORD_AUTH_SECRET, { algorithm: 'HS256', expiresIn: '1h' })
+  const c = client('team/readme', { params: { token } })
+  await synced(c.provider)
+  const refused = await fetch(`${server.httpUrl}/api/docs/other/x/update?token=${token}`)
+  assert.equal(refused.status, 403)
+})
