@@ -199,6 +199,11 @@ async fn websocket(
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
+    // A place under the connection limits, held by the connection task until it ends.
+    let permit = match app.admission.try_admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
+    };
     let limit = app.config.max_message_size;
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -208,6 +213,9 @@ async fn websocket(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tasks = app.tasks.clone();
-            tasks.track_future(connection::serve(socket, doc, peer, app))
+            tasks.track_future(async move {
+                connection::serve(socket, doc, peer, app).await;
+                drop(permit);
+            })
         })
 }
