@@ -145,6 +145,11 @@ async fn main() -> anyhow::Result<()> {
 
     let tokens = tokens::Tokens::new(args.token.as_deref(), args.auth_secret.as_deref());
     let started = args.target.is_empty();
+    if args.tls && !started {
+        anyhow::bail!(
+            "--tls is for the regions this tool starts; give targets as wss:// or https:// URLs (and --tls-ca for a private CA)"
+        );
+    }
     let cert = if args.tls && started {
         Some(tls::self_signed(&out)?)
     } else {
