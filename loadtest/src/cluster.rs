@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::network::Network;
+use crate::tls::CertFiles;
 
 /// One region as the load sees it.
 pub struct Region {
@@ -36,6 +37,12 @@ pub struct SpawnOptions<'a> {
     pub bin: &'a Path,
     pub dir: &'a Path,
     pub extra_args: &'a [String],
+    /// Serve TLS with this certificate (`wss://`, and `https://` between the regions).
+    pub tls: Option<&'a CertFiles>,
+    /// Turn on access control with this token secret.
+    pub auth_secret: Option<&'a str>,
+    /// For the status calls (carries the operator token, trusts the certificate).
+    pub http: &'a reqwest::Client,
 }
 
 /// The `concord` binary next to this one (both are built into the same target dir).
@@ -54,6 +61,11 @@ impl Cluster {
             );
         }
         let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (ws_scheme, http_scheme) = if o.tls.is_some() {
+            ("wss", "https")
+        } else {
+            ("ws", "http")
+        };
         // One proxy per pair: node i dials node j (i < j) through it. Links carry both directions.
         let mut network = Network::start()?;
         let mut pairs = Vec::new();
@@ -73,7 +85,7 @@ impl Cluster {
             let peers: Vec<String> = pairs
                 .iter()
                 .filter(|(a, _, _)| *a == i)
-                .map(|(_, _, p)| format!("http://{}", network.proxy(*p).addr))
+                .map(|(_, _, p)| format!("{http_scheme}://{}", network.proxy(*p).addr))
                 .collect();
             let mut cmd = Command::new(o.bin);
             cmd.args([
@@ -100,14 +112,23 @@ impl Cluster {
             if !peers.is_empty() {
                 cmd.args(["--peers", &peers.join(",")]);
             }
+            if let Some(tls) = o.tls {
+                cmd.arg("--tls-cert").arg(&tls.cert);
+                cmd.arg("--tls-key").arg(&tls.key);
+                // The regions present the same self-signed certificate to each other.
+                cmd.arg("--peer-ca").arg(&tls.cert);
+            }
+            if let Some(secret) = o.auth_secret {
+                cmd.env("CONCORD_AUTH_SECRET", secret);
+            }
             let mut child = cmd
                 .spawn()
                 .with_context(|| format!("starting {}", o.bin.display()))?;
             let addr = listening_addr(&mut child, &o.dir.join(format!("{name}.log"))).await?;
             regions.push(Region {
                 name,
-                ws: format!("ws://{addr}/ws"),
-                http: Some(format!("http://{addr}")),
+                ws: format!("{ws_scheme}://{addr}/ws"),
+                http: Some(format!("{http_scheme}://{addr}")),
                 pid: child.id(),
             });
             addrs.push(addr);
@@ -121,12 +142,12 @@ impl Cluster {
             children,
             _network: Some(network),
         };
-        cluster.wait_meshed().await?;
+        cluster.wait_meshed(o.http).await?;
         Ok(cluster)
     }
 
-    /// Servers already running: `ws://host:port/ws`-style base URLs, or `http://host:port`
-    /// (Concord, whose `/ws` and read API are then used).
+    /// Servers already running: `ws://host:port/ws`-style base URLs (or `wss://`), or
+    /// `http://host:port` / `https://host:port` (Concord, whose `/ws` and read API are then used).
     pub fn targets(urls: &[String]) -> Cluster {
         let regions = urls
             .iter()
@@ -135,6 +156,8 @@ impl Cluster {
                 let u = u.trim_end_matches('/');
                 let (ws, http) = if let Some(rest) = u.strip_prefix("http://") {
                     (format!("ws://{rest}/ws"), Some(u.to_string()))
+                } else if let Some(rest) = u.strip_prefix("https://") {
+                    (format!("wss://{rest}/ws"), Some(u.to_string()))
                 } else {
                     (u.to_string(), None)
                 };
@@ -153,13 +176,13 @@ impl Cluster {
         }
     }
 
-    async fn wait_meshed(&self) -> anyhow::Result<()> {
+    async fn wait_meshed(&self, http: &reqwest::Client) -> anyhow::Result<()> {
         let want = self.regions.len() - 1;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for r in &self.regions {
             let url = format!("{}/api/status", r.http.as_ref().unwrap());
             loop {
-                let connected = match reqwest::get(&url).await {
+                let connected = match http.get(&url).send().await {
                     Ok(resp) => resp
                         .json::<serde_json::Value>()
                         .await

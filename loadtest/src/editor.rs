@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::dial::Dialer;
 use crate::stats::{Local, Stats, UpdateKey};
 use crate::trace::Agent;
 
@@ -59,7 +60,10 @@ pub enum Workload {
 pub struct Editor {
     pub id: usize,
     pub region: usize,
+    /// The document's WebSocket URL, with `?token=` when the run has tokens.
     pub url: String,
+    /// How to reach it (TLS for `wss://`).
+    pub dialer: Dialer,
     pub doc: Doc,
     /// Editors of this document (every one receives each update).
     pub receivers: u32,
@@ -148,10 +152,7 @@ impl Editor {
         local: &mut Local,
         pending: &mut Backlog,
     ) -> Result<(), String> {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(&self.url, Some(ws_config()), true)
-                .await
-                .map_err(|e| e.to_string())?;
+        let mut ws = self.dialer.connect(&self.url, ws_config()).await?;
         let sv = self.doc.transact().state_vector();
         ws.send(Message::Binary(encode::sync_step1(&sv).into()))
             .await

@@ -3,6 +3,9 @@
 //!
 //! - [`cluster`]: starts N regions (the real `concord` binary, meshed through delay proxies) or
 //!   uses `--target` servers.
+//! - [`tokens`]: `?token=` for servers with access control (`--auth-secret`, `--token`).
+//! - [`tls`], [`dial`]: `wss://` (`--tls`: a self-signed certificate for the started regions).
+//! - [`connect_rate`]: `--connect-rate`, connections per second instead of the editing run.
 //! - [`network`]: the delay proxies between regions, on a thread of their own.
 //! - [`editor`]: one simulated editor: a y-websocket client with a real `yrs` document.
 //! - [`trace`]: real editing traces replayed faithfully (sequential or concurrent).
@@ -15,11 +18,15 @@
 //! exit non-zero unless they are all identical.
 
 mod cluster;
+mod connect_rate;
+mod dial;
 mod editor;
 mod network;
 mod procstat;
 mod report;
 mod stats;
+mod tls;
+mod tokens;
 mod trace;
 
 use std::path::PathBuf;
@@ -96,6 +103,27 @@ struct Args {
     /// Print no progress line.
     #[arg(long)]
     quiet: bool,
+    /// Token secret (HS256): the started servers verify tokens with it, and each editor gets its
+    /// own token (`sub` loadtest-N, write access to every document), minted with it.
+    #[arg(long, env = "LOADTEST_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// One token for every editor, for servers this tool does not start (`--target`).
+    #[arg(long, env = "LOADTEST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Serve TLS from the started regions (a self-signed certificate generated into --out) and
+    /// connect with `wss://`; the regions link to each other over `https://`.
+    #[arg(long)]
+    tls: bool,
+    /// Trust this CA certificate (PEM) for `wss://`/`https://` targets, besides the system's.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Measure connections per second instead: open N connections (TCP, WebSocket upgrade and
+    /// the sync handshake, then close), --concurrency at a time, over --docs documents.
+    #[arg(long, value_name = "N")]
+    connect_rate: Option<usize>,
+    /// Connections in flight at once with --connect-rate.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
 }
 
 /// The server's allocator: thousands of editors' documents and frames, allocated and freed on
@@ -115,6 +143,45 @@ async fn main() -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&out)?;
 
+    let tokens = tokens::Tokens::new(args.token.as_deref(), args.auth_secret.as_deref());
+    let started = args.target.is_empty();
+    if args.tls && !started {
+        anyhow::bail!(
+            "--tls is for the regions this tool starts; give targets as wss:// or https:// URLs (and --tls-ca for a private CA)"
+        );
+    }
+    let cert = if args.tls && started {
+        Some(tls::self_signed(&out)?)
+    } else {
+        None
+    };
+    let secure_target = args
+        .target
+        .iter()
+        .any(|t| t.starts_with("wss://") || t.starts_with("https://"));
+    // Who the clients trust: the generated certificate, or for targets the system's roots and
+    // --tls-ca.
+    let (dialer, trusted) = match (&cert, secure_target || args.tls_ca.is_some()) {
+        (Some(c), _) => {
+            let certs = tls::load_certs(&c.cert)?;
+            (
+                dial::Dialer::with_tls(tls::client_config(&certs, false)?),
+                certs,
+            )
+        }
+        (None, true) => {
+            let mut certs = match &args.tls_ca {
+                Some(p) => tls::load_certs(p)?,
+                None => Vec::new(),
+            };
+            let dialer = dial::Dialer::with_tls(tls::client_config(&certs, true)?);
+            certs.extend(tls::system_roots());
+            (dialer, certs)
+        }
+        (None, false) => (dial::Dialer::plain(), Vec::new()),
+    };
+    let http = http_client(&trusted, tokens.operator())?;
+
     let cluster = if args.target.is_empty() {
         let bin = args
             .concord_bin
@@ -132,12 +199,24 @@ async fn main() -> anyhow::Result<()> {
             bin: &bin,
             dir: &out,
             extra_args: &args.server_args,
+            tls: cert.as_ref(),
+            auth_secret: args.auth_secret.as_deref(),
+            http: &http,
         })
         .await?
     } else {
         Cluster::targets(&args.target)
     };
     let regions = cluster.regions.len();
+
+    if let Some(n) = args.connect_rate {
+        let all_synced = measure_connect_rate(&args, n, &cluster, &tokens, dialer, &out).await;
+        cluster.stop().await;
+        if !all_synced? {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
 
     let script = match &args.trace {
         Some(p) => Some(Arc::new(trace::Script::load(p)?)),
@@ -173,10 +252,12 @@ async fn main() -> anyhow::Result<()> {
                 (_, true) => Workload::Random { rate: args.rate },
                 (_, false) => Workload::Random { rate: 0.0 },
             };
+            let url = format!("{}/{doc_name}", cluster.regions[region].ws);
             let editor = Editor {
                 id: next_id,
                 region,
-                url: format!("{}/{doc_name}", cluster.regions[region].ws),
+                url: tokens::with_token(&url, tokens.editor(next_id).as_deref()),
+                dialer: dialer.clone(),
                 doc: doc.clone(),
                 receivers,
                 workload,
@@ -291,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("writes stopped; waiting for convergence");
     let converged_after = loop {
         if editors_agree(&replicas)
-            && regions_agree(&cluster, &replicas, &run_tag, args.docs)
+            && regions_agree(&http, &cluster, &replicas, &run_tag, args.docs)
                 .await
                 .0
                 == args.docs
@@ -304,7 +385,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (docs_equal, region_checked) =
-        regions_agree(&cluster, &replicas, &run_tag, args.docs).await;
+        regions_agree(&http, &cluster, &replicas, &run_tag, args.docs).await;
     let rss: Vec<Option<u64>> = pids.iter().map(|p| procstat::rss_kib(*p)).collect();
     let own_rss = procstat::rss_kib(std::process::id());
 
@@ -321,7 +402,7 @@ async fn main() -> anyhow::Result<()> {
     cluster.stop().await;
 
     let r = report::Report::build(report::Inputs {
-        args: format!("{:?}", std::env::args().skip(1).collect::<Vec<_>>()),
+        args: format!("{:?}", tokens::redacted(std::env::args().skip(1))),
         regions: cluster_names(regions, &args),
         editors,
         docs: args.docs,
@@ -399,6 +480,7 @@ fn editors_agree(replicas: &[(usize, usize, Doc)]) -> bool {
 /// Documents whose every replica (each editor and, where readable, each region) is identical,
 /// and whether the regions could be read at all.
 async fn regions_agree(
+    http: &reqwest::Client,
     cluster: &Cluster,
     replicas: &[(usize, usize, Doc)],
     tag: &str,
@@ -415,7 +497,7 @@ async fn regions_agree(
         if readable {
             for r in &cluster.regions {
                 let url = format!("{}/api/docs/{tag}/doc-{d}/update", r.http.as_ref().unwrap());
-                let body = match reqwest::get(&url).await {
+                let body = match http.get(&url).send().await {
                     Ok(resp) if resp.status().is_success() => resp.bytes().await.ok(),
                     // Never written (an idle run): the region holds the empty document.
                     Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
@@ -434,4 +516,101 @@ async fn regions_agree(
         }
     }
     (equal, readable)
+}
+
+/// The HTTP client for status and read calls: trusts `trusted` (its only roots), and sends
+/// `token` as a bearer token when there is one.
+fn http_client(
+    trusted: &[rustls::pki_types::CertificateDer<'static>],
+    token: Option<String>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    for c in trusted {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_der(c)?);
+    }
+    if let Some(t) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder.build()?)
+}
+
+/// `--connect-rate`: opens `n` connections spread over the regions and `--docs` documents,
+/// prints connections per second and the servers' CPU per connection, writes `connect.json`.
+/// `Ok(false)` when some connection did not sync.
+async fn measure_connect_rate(
+    args: &Args,
+    n: usize,
+    cluster: &Cluster,
+    tokens: &tokens::Tokens,
+    dialer: dial::Dialer,
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let regions = cluster.regions.len();
+    let tag = format!("{}-{}", args.prefix, std::process::id());
+    let urls: Vec<String> = (0..n)
+        .map(|i| {
+            let url = format!(
+                "{}/{tag}/conn-{}",
+                cluster.regions[i % regions].ws,
+                i % args.docs.max(1)
+            );
+            tokens::with_token(&url, tokens.editor(i).as_deref())
+        })
+        .collect();
+    let auth = match tokens {
+        tokens::Tokens::None => "none",
+        tokens::Tokens::Fixed(_) => "one fixed token",
+        tokens::Tokens::Mint(_) => "a token per connection",
+    };
+    let secure = urls.first().is_some_and(|u| u.starts_with("wss://"));
+    eprintln!(
+        "connect rate: {n} connections, {} at a time, over {regions} regions; tokens: {auth}; TLS: {}",
+        args.concurrency,
+        if secure { "on" } else { "off" }
+    );
+    let pids: Vec<u32> = cluster.regions.iter().filter_map(|r| r.pid).collect();
+    let cpu_before: f64 = pids.iter().filter_map(|p| procstat::cpu_seconds(*p)).sum();
+    let outcome = connect_rate::run(urls, args.concurrency, dialer).await;
+    let cpu_after: f64 = pids.iter().filter_map(|p| procstat::cpu_seconds(*p)).sum();
+    let synced = outcome.connections - outcome.errors;
+    let cpu_us_per_conn =
+        (!pids.is_empty() && synced > 0).then(|| (cpu_after - cpu_before) * 1e6 / synced as f64);
+    let l = &outcome.latency;
+    println!(
+        "{synced} of {n} connections synced in {:.2} s: {:.0} connections/s (tokens: {auth}, TLS: {})",
+        outcome.secs,
+        outcome.per_second,
+        if secure { "on" } else { "off" }
+    );
+    println!(
+        "connect + sync: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+    );
+    if let Some(us) = cpu_us_per_conn {
+        println!("server CPU: {us:.0} µs per connection");
+    }
+    let report = serde_json::json!({
+        "args": format!("{:?}", tokens::redacted(std::env::args().skip(1))),
+        "tokens": auth,
+        "tls": secure,
+        "outcome": outcome,
+        "server_cpu_us_per_connection": cpu_us_per_conn,
+    });
+    std::fs::write(
+        out.join("connect.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    eprintln!("report: {}/connect.json", out.display());
+    if outcome.errors > 0 {
+        eprintln!(
+            "FAILED: {} connections did not sync; first error: {}",
+            outcome.errors,
+            outcome.first_error.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(outcome.errors == 0)
 }

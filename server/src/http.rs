@@ -269,6 +269,12 @@ async fn websocket(
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
+    // A place under the connection limits, held by the connection task until it ends. Taken
+    // first: a full server answers 503 without asking the auth backend.
+    let permit = match app.admission.try_admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
+    };
     let grant = match authorize(&app, Need::Connect, Some(&doc), peer, &headers, query).await {
         Ok(grant) => grant,
         Err(refused) => return refused,
@@ -282,6 +288,9 @@ async fn websocket(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tasks = app.tasks.clone();
-            tasks.track_future(connection::serve(socket, doc, peer, grant, app))
+            tasks.track_future(async move {
+                connection::serve(socket, doc, peer, grant, app).await;
+                drop(permit);
+            })
         })
 }

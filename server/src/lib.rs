@@ -27,6 +27,7 @@ pub mod control;
 pub mod delay_proxy;
 pub mod demo;
 pub mod http;
+pub mod limits;
 pub mod memory;
 pub mod node_id;
 pub mod registry;
@@ -67,6 +68,8 @@ pub struct App {
     pub connections: AtomicUsize,
     /// Decides who may read, write and operate (see [`auth`]).
     pub gate: auth::Gate,
+    /// Places for client connections under `--max-connections` and `--max-connections-per-ip`.
+    pub admission: Arc<limits::Admission>,
 }
 
 /// How long shutdown waits for connections to say goodbye before giving up on them.
@@ -123,6 +126,10 @@ pub async fn serve_on(
     replication.recall_peers().await;
     registry.set_replication(replication.clone());
     replication.start(&registry);
+    let admission = limits::Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
     let app = Arc::new(App {
         config,
         registry: registry.clone(),
@@ -132,6 +139,7 @@ pub async fn serve_on(
         next_conn_id: AtomicU64::new(1),
         connections: AtomicUsize::new(0),
         gate,
+        admission,
     });
     tokio::spawn(memory::trim_task(shutdown.clone()));
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
