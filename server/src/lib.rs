@@ -95,6 +95,13 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     let node_id = node_id::load_or_create(&config.data_dir, config.node_id.as_deref())?;
     let shutdown = CancellationToken::new();
+    let acceptor = match &certs {
+        Some(certs) => {
+            tls::server::reload_on_sighup(certs.clone(), shutdown.clone());
+            Some(tls::server::acceptor(certs.clone())?)
+        }
+        None => None,
+    };
     let store: SharedStore = Arc::new(SqliteStore::open(
         &config.data_dir,
         SqliteOptions {
@@ -143,16 +150,6 @@ pub async fn serve_on(
         trigger.cancel();
     });
 
-    let acceptor = match certs {
-        Some(certs) => {
-            tokio::spawn(tls::server::reload_on_sighup(
-                certs.clone(),
-                shutdown.clone(),
-            ));
-            Some(tls::server::acceptor(certs)?)
-        }
-        None => None,
-    };
     let handshake_timeout = app.config.limits.handshake_timeout;
     let router = http::router(app.clone());
     listen::serve(

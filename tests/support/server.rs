@@ -154,6 +154,15 @@ impl Server {
         format!("ws://{}/ws/{}", self.addr, doc)
     }
 
+    /// The `wss://` URL of `doc`, by the name test certificates carry ([`crate::tls`]).
+    pub fn wss_url(&self, doc: &str) -> String {
+        format!("wss://localhost:{}/ws/{}", self.addr.port(), doc)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -96,9 +96,10 @@ pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Reloads `store` on every SIGHUP until `stop`.
+/// Reloads `store` on every SIGHUP until `stop`. The handler is in place when this returns (a
+/// SIGHUP before that would end the process).
 #[cfg(unix)]
-pub async fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
+pub fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => hup,
@@ -107,22 +108,24 @@ pub async fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
             return;
         }
     };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            got = hup.recv() => if got.is_none() { return },
-        }
-        match store.reload() {
-            Ok(()) => info!(cert = %store.cert.display(), "TLS certificate reloaded"),
-            Err(e) => {
-                warn!(error = %e, "TLS certificate reload failed; still serving the previous one")
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            match store.reload() {
+                Ok(()) => info!(cert = %store.cert.display(), "TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate reload failed; still serving the previous one")
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(not(unix))]
-pub async fn reload_on_sighup(_store: Arc<CertStore>, _stop: CancellationToken) {}
+pub fn reload_on_sighup(_store: Arc<CertStore>, _stop: CancellationToken) {}
 
 #[cfg(test)]
 mod tests {
