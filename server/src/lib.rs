@@ -161,7 +161,7 @@ pub async fn serve_on(
     )
     .await;
 
-    // Upgraded sockets are not tracked by axum; wait for ours to send their close frames.
+    // Upgraded sockets outlive the accept loop; wait for ours to send their close frames.
     app.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
         .await

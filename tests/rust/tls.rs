@@ -75,9 +75,9 @@ async fn a_client_syncs_over_wss_and_refuses_a_server_it_cannot_verify() {
     // The same client without that CA refuses the server.
     let stranger = TestCa::new("some other CA");
     let refused = wss_connect(&server.wss_url("tls/doc"), client_config(&[&stranger])).await;
-    let err = refused
-        .err()
-        .expect("a client must refuse a certificate it cannot verify");
+    let Err(err) = refused else {
+        panic!("a client must refuse a certificate it cannot verify");
+    };
     assert!(err.contains("UnknownIssuer"), "{err}");
     // And a plain client gets nothing out of the TLS port.
     assert!(
