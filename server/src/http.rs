@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::replication::socket::bridge;
 use crate::room::{ReadKind, RoomMsg};
+use crate::tls::Transport;
 use crate::{App, connection, replication};
 
 pub fn router(app: Arc<App>) -> Router {
@@ -125,10 +126,12 @@ async fn status(
 /// A peer node's link. Authentication happens over the socket (challenge/response), so the
 /// upgrade is open to anyone when this node has a secret, but only to a few at a time: until it
 /// authenticates, a socket may buffer one message of up to [`replication::PEER_MAX_MESSAGE`].
-/// A node without `--peer-secret` refuses before the upgrade.
+/// A node without `--peer-secret` refuses before the upgrade, and so does one with
+/// `--peer-tls-required` to a plain connection. Over TLS the handshake is bound to the session.
 async fn peer(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(transport): Extension<Transport>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let hub = app.replication.clone();
@@ -137,6 +140,14 @@ async fn peer(
         return (
             StatusCode::FORBIDDEN,
             "peer links are disabled on this node (no --peer-secret)",
+        )
+            .into_response();
+    }
+    if app.config.tls.peer_tls_required && !transport.is_tls() {
+        warn!(%remote, "peer link refused: plain connection, and this node has --peer-tls-required");
+        return (
+            StatusCode::FORBIDDEN,
+            "this node accepts peer links over TLS only (--peer-tls-required)",
         )
             .into_response();
     }
@@ -154,7 +165,7 @@ async fn peer(
         .max_frame_size(replication::socket::MAX_FRAME)
         .on_upgrade(move |socket| {
             let sock = bridge(socket, hub.shutdown.child_token());
-            replication::link::accept(hub, sock, remote, slot)
+            replication::link::accept(hub, sock, remote, slot, transport.binding().to_vec())
         })
 }
 

@@ -28,20 +28,20 @@ pub mod delay_proxy;
 pub mod demo;
 pub mod http;
 pub mod limits;
+pub mod listen;
 pub mod memory;
 pub mod node_id;
 pub mod registry;
 pub mod replication;
 pub mod room;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,11 +93,23 @@ pub async fn serve_on(
     if !config.peers.is_empty() && config.peer_secret.is_none() {
         anyhow::bail!("--peers needs --peer-secret: peer links must authenticate");
     }
+    let peer_tls = tls::peer::PeerTls::from_config(&config.tls, &config.peers)?;
+    let certs = match (&config.tls.tls_cert, &config.tls.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server::CertStore::load(cert, key)?),
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     let gate = auth::Gate::new(&config.auth)?;
     check_exposure(&config, addr, &gate)?;
     let node_id = node_id::load_or_create(&config.data_dir, config.node_id.as_deref())?;
     let shutdown = CancellationToken::new();
+    let acceptor = match &certs {
+        Some(certs) => {
+            tls::server::reload_on_sighup(certs.clone(), shutdown.clone());
+            Some(tls::server::acceptor(certs.clone())?)
+        }
+        None => None,
+    };
     let store: SharedStore = Arc::new(SqliteStore::open(
         &config.data_dir,
         SqliteOptions {
@@ -111,15 +123,16 @@ pub async fn serve_on(
     let me = Identity {
         node_id,
         region: config.region.clone(),
-        url: config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}")),
+        url: config.public_url.clone().unwrap_or_else(|| match certs {
+            Some(_) => format!("https://{addr}"),
+            None => format!("http://{addr}"),
+        }),
     };
     let replication = Replication::new(
         me,
         config.peer_secret.clone(),
         config.peers.clone(),
+        peer_tls,
         store.clone(),
         shutdown.child_token(),
     );
@@ -151,19 +164,18 @@ pub async fn serve_on(
         trigger.cancel();
     });
 
-    let service = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Small frames must leave at once: Nagle's algorithm would hold them for the peer's delayed
-    // ACK (~40 ms), which is most of a latency budget.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    let handshake_timeout = app.config.limits.handshake_timeout;
+    let router = http::router(app.clone());
+    listen::serve(
+        listener,
+        router,
+        acceptor,
+        handshake_timeout,
+        shutdown.clone(),
+    )
+    .await;
 
-    // Upgraded sockets are not tracked by axum; wait for ours to send their close frames.
+    // Upgraded sockets outlive the accept loop; wait for ours to send their close frames.
     app.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
         .await
@@ -181,7 +193,11 @@ pub async fn serve_on(
 
 /// Secure by default: without any authentication, serve only on a loopback address, unless
 /// `--allow-anonymous` says so explicitly (and then warn at every start).
-fn check_exposure(config: &ServeArgs, addr: SocketAddr, gate: &auth::Gate) -> anyhow::Result<()> {
+fn check_exposure(
+    config: &ServeArgs,
+    addr: std::net::SocketAddr,
+    gate: &auth::Gate,
+) -> anyhow::Result<()> {
     if !gate.is_open() {
         return Ok(());
     }

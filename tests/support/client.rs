@@ -67,6 +67,26 @@ impl YClient {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .expect("websocket connect");
+        Self::over(ws)
+    }
+
+    /// [`YClient::connect`] over `wss://`, trusting what `tls` trusts.
+    pub async fn connect_tls(url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> YClient {
+        let ws = crate::tls::wss_connect(url, tls)
+            .await
+            .expect("wss connect");
+        let c = Self::over(ws);
+        let sv = c.shared.lock().unwrap().doc.transact().state_vector();
+        c.send(encode::sync_step1(&sv));
+        c.wait(|s| s.synced).await;
+        c
+    }
+
+    /// A client on an open WebSocket, whatever carries it.
+    fn over<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> YClient
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let doc = Doc::new();
         let shared = Arc::new(Mutex::new(Shared {
             doc: doc.clone(),

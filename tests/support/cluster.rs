@@ -40,7 +40,8 @@ pub fn star(n: usize) -> Vec<(usize, usize)> {
 }
 
 impl Cluster {
-    /// Starts `n` nodes (regions `r0`, `r1`, ...) linked by `edges` with `delay` one way.
+    /// Starts `n` nodes (regions `r0`, `r1`, ...) linked by `edges` with `delay` one way. With
+    /// `--tls-cert` in `extra`, peers are `https://localhost:PORT` (the proxy passes TLS through).
     pub async fn start(
         n: usize,
         edges: &[(usize, usize)],
@@ -56,11 +57,15 @@ impl Cluster {
             proxies.insert((i, j), p);
         }
         let mut nodes = Vec::new();
+        let tls = extra.contains(&"--tls-cert");
         for i in 0..n {
             let peers: Vec<String> = edges
                 .iter()
                 .filter(|(from, _)| *from == i)
-                .map(|e| format!("http://{}", proxies[e].addr))
+                .map(|e| match tls {
+                    true => format!("https://localhost:{}", proxies[e].addr.port()),
+                    false => format!("http://{}", proxies[e].addr),
+                })
                 .collect();
             let region = format!("r{i}");
             let node_id = format!("node-{i}");

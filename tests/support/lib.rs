@@ -5,6 +5,7 @@
 pub mod client;
 pub mod cluster;
 pub mod server;
+pub mod tls;
 
 pub use client::{WAIT, YClient};
 pub use server::{Server, assert_contains, concord_bin, http_get, mint, server_doc};

@@ -158,6 +158,15 @@ impl Server {
         format!("ws://{}/ws/{}", self.addr, doc)
     }
 
+    /// The `wss://` URL of `doc`, by the name test certificates carry ([`crate::tls`]).
+    pub fn wss_url(&self, doc: &str) -> String {
+        format!("wss://localhost:{}/ws/{}", self.addr.port(), doc)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
     /// The URL of `path`, carrying [`Server::admin_token`] when the server checks tokens.
     pub fn http_url(&self, path: &str) -> String {
         match &self.admin_token {

@@ -8,6 +8,14 @@
 //!
 //! The secret never crosses the wire; fresh nonces on both sides make every proof single-use, and
 //! the role and both ids inside the MAC stop a proof being replayed or reflected elsewhere.
+//!
+//! Over TLS, both MACs also cover the session's channel binding (the TLS exporter value,
+//! [`crate::tls::binding`]), which both ends derive on their own and which differs on every
+//! connection: someone who relays or records a handshake cannot use it on a connection of their
+//! own, even one to the same node. Each side uses its own end's value, so a TLS-terminating
+//! proxy in between (two sessions, two values) makes every proof fail: peers must reach each
+//! other end to end over TLS, or both plain. A plain link has no binding; its MAC input is the
+//! original one (`concord-peer-v1`), so nodes from before TLS still link over plain links.
 
 use std::time::Duration;
 
@@ -47,14 +55,21 @@ pub enum AuthError {
 fn proof(
     secret: &[u8],
     role: &str,
+    binding: &[u8],
     acceptor_nonce: &[u8],
     dialer_nonce: &[u8],
     signer: &NodeId,
     other: &NodeId,
 ) -> Hmac<Sha256> {
-    let mut input = Vec::with_capacity(128);
-    input.write_string("concord-peer-v1");
-    input.write_string(role);
+    let mut input = Vec::with_capacity(192);
+    if binding.is_empty() {
+        input.write_string("concord-peer-v1");
+        input.write_string(role);
+    } else {
+        input.write_string("concord-peer-v2-tls");
+        input.write_string(role);
+        input.write_buf(binding);
+    }
     input.write_buf(acceptor_nonce);
     input.write_buf(dialer_nonce);
     input.write_string(signer.as_str());
@@ -83,11 +98,13 @@ async fn recv(sock: &mut PeerSocket) -> Result<PeerMessage, AuthError> {
     PeerMessage::decode(&bytes).map_err(|_| AuthError::Unexpected("an undecodable message"))
 }
 
-/// The accepting side. Returns who the authenticated dialer is.
+/// The accepting side. Returns who the authenticated dialer is. `binding`: the connection's
+/// TLS exporter value, empty on a plain connection.
 pub async fn accept(
     sock: &mut PeerSocket,
     me: &Identity,
     secret: &[u8],
+    binding: &[u8],
 ) -> Result<Identity, AuthError> {
     let acceptor_nonce = nonce();
     send(
@@ -113,6 +130,7 @@ pub async fn accept(
     proof(
         secret,
         "dialer",
+        binding,
         &acceptor_nonce,
         &dialer_nonce,
         &node_id,
@@ -126,6 +144,7 @@ pub async fn accept(
     let mac = proof(
         secret,
         "acceptor",
+        binding,
         &acceptor_nonce,
         &dialer_nonce,
         &me.node_id,
@@ -145,11 +164,12 @@ pub async fn accept(
     })
 }
 
-/// The dialing side. Returns who the authenticated acceptor is.
+/// The dialing side. Returns who the authenticated acceptor is. `binding` as for [`accept`].
 pub async fn dial(
     sock: &mut PeerSocket,
     me: &Identity,
     secret: &[u8],
+    binding: &[u8],
 ) -> Result<Identity, AuthError> {
     let PeerMessage::Challenge {
         node_id,
@@ -167,6 +187,7 @@ pub async fn dial(
     let mac = proof(
         secret,
         "dialer",
+        binding,
         &acceptor_nonce,
         &dialer_nonce,
         &me.node_id,
@@ -189,6 +210,7 @@ pub async fn dial(
     proof(
         secret,
         "acceptor",
+        binding,
         &acceptor_nonce,
         &dialer_nonce,
         &node_id,
@@ -208,23 +230,101 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_bind_role_nonces_and_ids() {
+    fn proofs_bind_role_binding_nonces_and_ids() {
         let (a, b) = (NodeId::parse("a").unwrap(), NodeId::parse("b").unwrap());
-        let base = proof(b"s", "dialer", b"n1", b"n2", &a, &b)
-            .finalize()
-            .into_bytes();
-        for other in [
-            proof(b"t", "dialer", b"n1", b"n2", &a, &b),
-            proof(b"s", "acceptor", b"n1", b"n2", &a, &b),
-            proof(b"s", "dialer", b"n9", b"n2", &a, &b),
-            proof(b"s", "dialer", b"n1", b"n2", &b, &a),
-        ] {
-            assert_ne!(other.finalize().into_bytes(), base);
+        for binding in [&b""[..], &[7u8; 32]] {
+            let base = proof(b"s", "dialer", binding, b"n1", b"n2", &a, &b)
+                .finalize()
+                .into_bytes();
+            let mut others = vec![
+                proof(b"t", "dialer", binding, b"n1", b"n2", &a, &b),
+                proof(b"s", "acceptor", binding, b"n1", b"n2", &a, &b),
+                proof(b"s", "dialer", binding, b"n9", b"n2", &a, &b),
+                proof(b"s", "dialer", binding, b"n1", b"n2", &b, &a),
+                // Another connection: another TLS session...
+                proof(b"s", "dialer", &[8u8; 32], b"n1", b"n2", &a, &b),
+            ];
+            if !binding.is_empty() {
+                // ...or a plain one.
+                others.push(proof(b"s", "dialer", b"", b"n1", b"n2", &a, &b));
+            }
+            for other in others {
+                assert_ne!(other.finalize().into_bytes(), base);
+            }
+            assert!(
+                proof(b"s", "dialer", binding, b"n1", b"n2", &a, &b)
+                    .verify_slice(&base)
+                    .is_ok()
+            );
         }
-        assert!(
-            proof(b"s", "dialer", b"n1", b"n2", &a, &b)
-                .verify_slice(&base)
-                .is_ok()
+    }
+
+    /// Two sockets joined back to back, as a link would join them.
+    fn pair() -> (PeerSocket, PeerSocket) {
+        let (a_out, b_in) = tokio::sync::mpsc::channel(8);
+        let (b_out, a_in) = tokio::sync::mpsc::channel(8);
+        let control = || {
+            std::sync::Arc::new(crate::control::Control::new(
+                tokio_util::sync::CancellationToken::new(),
+            ))
+        };
+        (
+            PeerSocket {
+                outgoing: a_out,
+                incoming: a_in,
+                control: control(),
+            },
+            PeerSocket {
+                outgoing: b_out,
+                incoming: b_in,
+                control: control(),
+            },
+        )
+    }
+
+    fn identity(id: &str) -> Identity {
+        Identity {
+            node_id: NodeId::parse(id).unwrap(),
+            region: "r".into(),
+            url: String::new(),
+        }
+    }
+
+    /// Runs both sides with the bindings each end sees; returns what the acceptor concluded.
+    async fn handshake(acceptor_sees: &[u8], dialer_sees: &[u8]) -> Result<Identity, AuthError> {
+        let (mut x, mut y) = pair();
+        let (a, d) = (identity("acceptor"), identity("dialer"));
+        let acceptor = async move {
+            let accepted = accept(&mut x, &a, b"secret", acceptor_sees).await;
+            drop(x); // a refusing acceptor hangs up, so the dialer stops waiting
+            accepted
+        };
+        let (accepted, _) = tokio::join!(acceptor, dial(&mut y, &d, b"secret", dialer_sees));
+        accepted
+    }
+
+    #[tokio::test]
+    async fn a_handshake_passes_only_when_both_ends_see_the_same_session() {
+        assert_eq!(
+            handshake(b"", b"").await.unwrap().node_id.as_str(),
+            "dialer"
         );
+        assert_eq!(
+            handshake(&[1; 32], &[1; 32])
+                .await
+                .unwrap()
+                .node_id
+                .as_str(),
+            "dialer"
+        );
+        // A relayed handshake: the dialer's session is not the one the acceptor is on.
+        for (acceptor_sees, dialer_sees) in [
+            (&[1u8; 32][..], &[2u8; 32][..]),
+            (&[1; 32], b""),
+            (b"", &[1; 32]),
+        ] {
+            let refused = handshake(acceptor_sees, dialer_sees).await;
+            assert!(matches!(refused, Err(AuthError::BadProof)), "{refused:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Dialing a configured peer, forever: connect, authenticate, run the link; when it ends or
 //! fails, retry with jittered exponential backoff (100 ms doubling to [`MAX_BACKOFF`]). While a
-//! link with that peer exists (it may have dialed us), do not dial a second one.
+//! link with that peer exists (it may have dialed us), do not dial a second one. An `https://`
+//! peer is dialed over TLS ([`crate::tls::peer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,15 +113,12 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
     let config = WebSocketConfig::default()
         .max_message_size(Some(super::socket::MAX_FRAME))
         .max_frame_size(Some(super::socket::MAX_FRAME));
-    let (ws, _) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(endpoint, Some(config), true),
-    )
-    .await
-    .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
-    .map_err(|e| e.to_string())?;
-    let mut sock = bridge(ws, hub.shutdown.child_token());
-    let peer = match super::auth::dial(&mut sock, &hub.me, &secret).await {
+    let dialed = tokio::time::timeout(CONNECT_TIMEOUT, hub.peer_tls.dial(endpoint, config))
+        .await
+        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let mut sock = bridge(dialed.ws, hub.shutdown.child_token());
+    let peer = match super::auth::dial(&mut sock, &hub.me, &secret, &dialed.binding).await {
         Ok(peer) => peer,
         Err(e) => {
             sock.control.close(1008, e.to_string());

@@ -415,12 +415,14 @@ async fn ack_loop(
 }
 
 /// Serves an incoming peer link (`GET /peer`): authenticate, then run it. `slot` is one of the
-/// few unauthenticated sockets allowed at once; it is freed when the handshake ends.
+/// few unauthenticated sockets allowed at once; it is freed when the handshake ends. `binding`:
+/// the connection's TLS exporter value (empty if plain), which the handshake is bound to.
 pub async fn accept(
     hub: Arc<Replication>,
     mut sock: PeerSocket,
     remote: std::net::SocketAddr,
     slot: tokio::sync::OwnedSemaphorePermit,
+    binding: Vec<u8>,
 ) {
     let Some(secret) = hub.secret().map(<[u8]>::to_vec) else {
         warn!(%remote, "peer link refused: this node has no --peer-secret");
@@ -430,7 +432,7 @@ pub async fn accept(
         );
         return;
     };
-    let authenticated = super::auth::accept(&mut sock, &hub.me, &secret).await;
+    let authenticated = super::auth::accept(&mut sock, &hub.me, &secret, &binding).await;
     drop(slot);
     match authenticated {
         Ok(peer) => {

@@ -132,6 +132,8 @@ pub struct Replication {
     secret: Option<Vec<u8>>,
     /// Base URLs from `--peers`.
     configured: Vec<String>,
+    /// How the configured peers are dialed (TLS for `https://` ones).
+    pub peer_tls: crate::tls::peer::PeerTls,
     links: DashMap<NodeId, LinkHandle>,
     peers: DashMap<NodeId, Arc<PeerStats>>,
     dials: DashMap<String, DialState>,
@@ -155,6 +157,7 @@ impl Replication {
         me: Identity,
         secret: Option<String>,
         configured: Vec<String>,
+        peer_tls: crate::tls::peer::PeerTls,
         store: SharedStore,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -162,6 +165,7 @@ impl Replication {
             me,
             secret: secret.map(String::into_bytes),
             configured,
+            peer_tls,
             links: DashMap::new(),
             peers: DashMap::new(),
             dials: DashMap::new(),

@@ -42,7 +42,14 @@ impl Node {
             region: "r".into(),
             url: String::new(),
         };
-        let hub = Replication::new(me, Some("secret".into()), Vec::new(), store, token);
+        let hub = Replication::new(
+            me,
+            Some("secret".into()),
+            Vec::new(),
+            Default::default(),
+            store,
+            token,
+        );
         hub.start(&registry);
         registry.set_replication(hub);
         Node { id, registry }

@@ -1,0 +1,183 @@
+//! The accept loop of `--listen`, plain TCP or TLS: each connection is served by hyper (HTTP/1.1
+//! with upgrades, for WebSockets) after an optional TLS handshake.
+//!
+//! It exists instead of `axum::serve` for what that cannot do:
+//! - TLS ([`crate::tls::server`]), and the [`Transport`] of each connection as a request
+//!   extension (next to axum's `ConnectInfo<SocketAddr>`), for the peer handshake's binding;
+//! - slowloris protection: a connection must finish its TLS handshake and send its first
+//!   request's headers within `--handshake-timeout` of being accepted, or it is cut; later
+//!   requests on a kept-alive connection get the same time for their headers.
+//!
+//! Shutdown works as with axum: stop accepting, let HTTP connections finish what they are
+//! doing, and return once they have. Upgraded sockets are the caller's to wait for.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+use tracing::{debug, error, warn};
+
+use crate::tls::Transport;
+
+/// What every connection is served with.
+struct Serving {
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    http: Builder<TokioExecutor>,
+    shutdown: CancellationToken,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then waits for the connections still doing
+/// HTTP (not for upgraded ones).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut http = Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    let serving = Arc::new(Serving {
+        router,
+        tls,
+        handshake_timeout,
+        http,
+        shutdown: shutdown.clone(),
+    });
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait instead of spinning.
+                error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Small frames must leave at once: Nagle's algorithm would hold them for the peer's
+        // delayed ACK (~40 ms), which is most of a latency budget.
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("could not set TCP_NODELAY: {e}");
+        }
+        connections.spawn(serving.clone().connection(tcp, remote));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+impl Serving {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let deadline = Instant::now() + self.handshake_timeout;
+        let Some(acceptor) = self.tls.clone() else {
+            return self
+                .serve_http(tcp, remote, Transport::Plain, deadline)
+                .await;
+        };
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => handshake,
+            _ = self.shutdown.cancelled() => return,
+        };
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            // Scanners, and browsers refusing the certificate, do this all day: not a warning.
+            Ok(Err(e)) => {
+                debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%remote, "TLS handshake not finished within --handshake-timeout; cut");
+                return;
+            }
+        };
+        let transport = match crate::tls::binding(stream.get_ref().1) {
+            Ok(binding) => Transport::Tls { binding },
+            Err(e) => {
+                warn!(%remote, error = %e, "TLS session without an exporter; closed");
+                return;
+            }
+        };
+        self.serve_http(stream, remote, transport, deadline).await
+    }
+
+    /// Serves HTTP on `io`. Until its first request's headers are in, the connection lives only
+    /// until `deadline` (hyper's header timeout starts late, once it knows the HTTP version).
+    async fn serve_http<I>(
+        &self,
+        io: I,
+        remote: SocketAddr,
+        transport: Transport,
+        deadline: Instant,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let requested = Arc::new(Notify::new());
+        let router = self.router.clone();
+        let notify = requested.clone();
+        let service = tower::service_fn(move |mut req: Request<Incoming>| {
+            notify.notify_one();
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(transport.clone());
+            router.clone().call(req)
+        });
+        let conn = self
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+        let mut conn = pin!(conn);
+        let mut expiry = pin!(tokio::time::sleep_until(deadline));
+        let (mut started, mut closing) = (false, false);
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = requested.notified(), if !started => started = true,
+                _ = &mut expiry, if !started => {
+                    debug!(%remote, "no request within --handshake-timeout; cut");
+                    return;
+                }
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
