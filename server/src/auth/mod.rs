@@ -127,7 +127,7 @@ impl Refusal {
 enum Mode {
     Open,
     Tokens(Verifier),
-    Callback(Callback),
+    Callback(Box<Callback>),
 }
 
 /// Decides every request.
@@ -143,11 +143,11 @@ impl Gate {
             (Some(_), true) => anyhow::bail!(
                 "--auth-url and --auth-secret/--auth-public-key are alternatives: pick one"
             ),
-            (Some(url), false) => Mode::Callback(Callback::new(
+            (Some(url), false) => Mode::Callback(Box::new(Callback::new(
                 url.clone(),
                 args.auth_cache,
                 args.auth_timeout,
-            )?),
+            )?)),
             (None, true) => Mode::Tokens(Verifier::new(
                 args.auth_secret.as_deref(),
                 &args.auth_public_key,
