@@ -3,7 +3,11 @@
 //!
 //! How the parts relate:
 //! - [`config`]: the command line and env vars.
+//! - [`listen`]: the accept loop (plain or TLS, with the slowloris deadline); [`tls`]: the
+//!   certificates served (reloaded on SIGHUP) and the TLS of dialed peer links.
 //! - [`http`]: every route, in one function.
+//! - [`auth`]: who may read, write and operate: tokens, the auth callback, the gate every request
+//!   passes before any work; [`limits`]: how many connections, in all and per address.
 //! - [`connection`]: one client socket (reader loop + writer task over a bounded queue).
 //! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
 //! - [`room`]: the actor that owns one document: applies updates, stores them, broadcasts once
