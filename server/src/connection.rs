@@ -40,6 +40,9 @@ pub const CLOSE_TOO_SLOW: u16 = close_code::AGAIN;
 pub struct ClientHandle {
     pub id: ConnId,
     pub peer: SocketAddr,
+    /// Read-only access: its updates never reach the room (the reader drops them), and it may
+    /// only set its own presence.
+    pub read_only: bool,
     out: mpsc::Sender<Bytes>,
     control: Arc<Control>,
 }
@@ -78,6 +81,7 @@ impl ClientHandle {
         ClientHandle {
             id,
             peer,
+            read_only: false,
             out,
             control,
         }
@@ -103,6 +107,7 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Gra
     let client = ClientHandle {
         id,
         peer,
+        read_only: grant.access < Access::Write,
         out: out_tx,
         control: control.clone(),
     };

@@ -184,6 +184,14 @@ pub struct Room {
     inbox: mpsc::WeakSender<RoomMsg>,
     registry: Arc<Registry>,
     members: HashMap<ConnId, Member>,
+    /// Presence is per client id, and each id belongs to whoever set it last: the member that
+    /// announced it, or (`remote_presence`) another region. A read-only member may only set or
+    /// remove the ids it owns and ids nobody holds, so a viewer cannot rewrite or remove anyone
+    /// else's cursor. A member with write access may take an id over (a client reconnecting
+    /// before its old socket is found dead, or moving to another region, keeps its client id);
+    /// the member it took it from then no longer removes it when it leaves.
+    presence_owners: HashMap<ClientID, ConnId>,
+    remote_presence: HashSet<ClientID>,
     /// Connections closed for sending something invalid: whatever they queued after it is
     /// ignored. Forgotten when their `Leave` arrives (the last message a connection sends).
     ///
@@ -242,6 +250,8 @@ impl Room {
             inbox,
             registry,
             members: HashMap::new(),
+            presence_owners: HashMap::new(),
+            remote_presence: HashSet::new(),
             refused: HashSet::new(),
             state,
             exists,
@@ -640,8 +650,21 @@ impl Room {
         &mut self,
         from: Option<ConnId>,
         path: Vec<NodeId>,
-        update: AwarenessUpdate,
+        mut update: AwarenessUpdate,
     ) {
+        let read_only = from
+            .and_then(|id| self.members.get(&id))
+            .is_some_and(|m| m.client.read_only);
+        if let (Some(id), true) = (from, read_only) {
+            let (owners, remote) = (&self.presence_owners, &self.remote_presence);
+            update.clients.retain(|c, _| match owners.get(c) {
+                Some(owner) => *owner == id,
+                None => !remote.contains(c),
+            });
+            if update.clients.is_empty() {
+                return;
+            }
+        }
         let summary = match self.state.apply_awareness(update) {
             Ok(Some(summary)) => summary,
             Ok(None) => return,
@@ -655,15 +678,33 @@ impl Room {
                 return;
             }
         };
-        if let Some(member) = from.and_then(|id| self.members.get_mut(&id)) {
+        if let Some(id) = from.filter(|id| self.members.contains_key(id)) {
             for c in summary.added.iter().chain(&summary.updated) {
+                self.remote_presence.remove(c);
+                if let Some(previous) = self.presence_owners.insert(*c, id)
+                    && previous != id
+                    && let Some(old) = self.members.get_mut(&previous)
+                {
+                    old.awareness_ids.retain(|x| x != c);
+                }
+                let member = self.members.get_mut(&id).expect("checked above");
                 if !member.awareness_ids.contains(c) {
                     member.awareness_ids.push(*c);
                 }
             }
+            let member = self.members.get_mut(&id).expect("checked above");
             member
                 .awareness_ids
                 .retain(|c| !summary.removed.contains(c));
+            for c in &summary.removed {
+                self.presence_owners.remove(c);
+            }
+        } else if from.is_none() {
+            self.remote_presence
+                .extend(summary.added.iter().chain(&summary.updated));
+            for c in &summary.removed {
+                self.remote_presence.remove(c);
+            }
         }
         if let Some(aw) = self.state.awareness_of(summary.all_changes()) {
             self.broadcast_awareness(&path, &aw);
@@ -795,6 +836,11 @@ impl Room {
         let Some(member) = self.members.remove(&id) else {
             return;
         };
+        for c in &member.awareness_ids {
+            if self.presence_owners.get(c) == Some(&id) {
+                self.presence_owners.remove(c);
+            }
+        }
         if let Some(removal) = self.state.remove_awareness(&member.awareness_ids) {
             self.broadcast_awareness(&[], &removal);
         }

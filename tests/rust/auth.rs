@@ -514,3 +514,106 @@ async fn without_auth_it_listens_only_on_loopback() {
     let anon = Server::start(&["--listen", "0.0.0.0:0", "--allow-anonymous"]).await;
     assert!(anon.logged(&["WARN", "--allow-anonymous"]));
 }
+
+/// An update holding `text` appended to a fresh document's `t` (a client's offline edits).
+fn offline_edit(text: &str) -> Vec<u8> {
+    use concord_crdt::yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, text);
+    assert_eq!(t.get_string(&doc.transact()), text);
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+#[tokio::test]
+async fn a_viewer_cannot_write_through_any_message_nor_touch_anyone_elses_presence() {
+    use concord_crdt::encode;
+    use concord_crdt::yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    let server = Server::start(&["--auth-secret", SECRET]).await;
+    let url = server.ws_url("team/board");
+    let writer_token = mint(SECRET, &[("team/*", "write")], false, hour());
+    let reader_token = mint(SECRET, &[("team/*", "read")], false, hour());
+    let writer = YClient::connect(&with_token(&url, &writer_token)).await;
+    writer.set_presence(r#"{"user":"writer"}"#);
+    writer.append("t", "kept;");
+    let watcher = YClient::connect(&with_token(&url, &writer_token)).await;
+    let writer_id = writer.client_id();
+    watcher
+        .wait(|s| s.presence_of(writer_id).as_deref() == Some(r#"{"user":"writer"}"#))
+        .await;
+    let reader = YClient::connect(&with_token(&url, &reader_token)).await;
+
+    // Offline edits arrive as a Step2; a frame may mix messages. None of it is applied.
+    reader.send(encode::sync_step2(&offline_edit("OFFLINE-STEP2")));
+    let mut mixed = encode::update(&offline_edit("MIXED-UPDATE"));
+    mixed.extend(encode::sync_step1(&Default::default()));
+    reader.send(mixed);
+    // Someone else's presence: rewritten, then removed ("null").
+    for json in [r#"{"user":"MALLORY"}"#, "null"] {
+        let mut clients = std::collections::HashMap::new();
+        clients.insert(
+            concord_crdt::yrs::ClientID::new(writer_id),
+            AwarenessUpdateEntry {
+                clock: 1000,
+                json: json.into(),
+            },
+        );
+        reader.send(encode::awareness(&AwarenessUpdate { clients }));
+    }
+    // Its own presence goes through: the fence for everything it sent before.
+    reader.set_presence(r#"{"user":"viewer"}"#);
+    let reader_id = reader.client_id();
+    watcher
+        .wait(|s| s.presence_of(reader_id).as_deref() == Some(r#"{"user":"viewer"}"#))
+        .await;
+    assert_eq!(
+        watcher.presence_of(writer_id).as_deref(),
+        Some(r#"{"user":"writer"}"#),
+        "a viewer rewrote or removed the writer's presence"
+    );
+    writer.append("t", "after;");
+    watcher.wait_text("t", "kept;after;").await;
+    assert!(reader.closed().is_none(), "the viewer stays connected");
+    let stored = http_get(&server.http_url("/api/docs/team/board/text/t"))
+        .await
+        .1;
+    assert_eq!(String::from_utf8(stored).unwrap(), "kept;after;");
+    assert_eq!(
+        reader
+            .frames()
+            .iter()
+            .filter(|f| f.starts_with(&[2, 0]))
+            .count(),
+        1,
+        "told once"
+    );
+}
+
+#[tokio::test]
+async fn refused_upgrades_give_their_place_back() {
+    let server = Server::start(&["--auth-secret", SECRET, "--max-connections", "1"]).await;
+    let url = server.ws_url("team/notes");
+    for _ in 0..20 {
+        assert_eq!(
+            upgrade_status(&with_token(&url, "garbage"), None).await.0,
+            401
+        );
+        assert_eq!(
+            upgrade_status(
+                &with_token(
+                    &server.ws_url("other/x"),
+                    &mint(SECRET, &[("team/*", "write")], false, hour())
+                ),
+                None
+            )
+            .await
+            .0,
+            403
+        );
+    }
+    let token = mint(SECRET, &[("team/*", "write")], false, hour());
+    let c = YClient::connect(&with_token(&url, &token)).await;
+    c.append("t", "in");
+    assert_eq!(upgrade_status(&with_token(&url, &token), None).await.0, 503);
+}
