@@ -202,7 +202,7 @@ pub struct AuthArgs {
     /// Verify client tokens with this public key (PEM: ES256, EdDSA or RS256). Repeatable, for
     /// key rotation: a token's `kid` picks the key named by the file's stem (`keys/2026-12.pem`
     /// is kid `2026-12`); a token without `kid` is tried against each.
-    #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY", value_delimiter = ',')]
+    #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY")]
     pub auth_public_key: Vec<PathBuf>,
 
     /// Ask the app's backend instead: POST {doc, token, headers} to this URL for each new

@@ -90,6 +90,7 @@ fn refuse(refusal: Refusal, need: Need, doc: Option<&DocName>, remote: SocketAdd
         status,
         reason,
         sub,
+        detail,
     } = refusal;
     warn!(
         %remote,
@@ -98,6 +99,7 @@ fn refuse(refusal: Refusal, need: Need, doc: Option<&DocName>, remote: SocketAdd
         ?need,
         status = status.as_u16(),
         %reason,
+        detail = detail.as_deref().unwrap_or(""),
         "access refused"
     );
     (status, reason).into_response()
@@ -244,8 +246,12 @@ async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec
 
 // The demo is embedded at build time, so the binary serves it from anywhere. `web-demo/dist/`
 // is built by `npm run build` in web-demo/ and committed (tests/browser checks it is current).
-async fn demo() -> Html<&'static str> {
-    Html(include_str!("../../web-demo/index.html"))
+/// The page may carry `?token=` in its URL: no `Referer` with it to anything it links to.
+async fn demo() -> impl IntoResponse {
+    (
+        [(header::REFERRER_POLICY, "no-referrer")],
+        Html(include_str!("../../web-demo/index.html")),
+    )
 }
 
 async fn demo_js() -> impl IntoResponse {

@@ -42,8 +42,12 @@ async fn run() -> anyhow::Result<()> {
             concord_server::demo::run(args, concord_server::shutdown_signal()).await
         }
         Some(Command::Token(args)) => {
+            let exp = concord_server::auth::token::now_secs()
+                .checked_add(args.expires.as_secs())
+                .filter(|&exp| exp < 1 << 40)
+                .ok_or_else(|| anyhow::anyhow!("--expires is too far in the future"))?;
             let claims = concord_server::auth::token::Claims {
-                exp: concord_server::auth::token::now_secs() + args.expires.as_secs(),
+                exp,
                 nbf: None,
                 sub: args.sub,
                 docs: args.docs.into_iter().collect(),

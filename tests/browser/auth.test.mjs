@@ -93,4 +93,6 @@ test('with a read-only token the page shows the text and its typing changes noth
   await reader.waitForFunction(() => window.concord.ytext.toString().includes('!'), null, { timeout: 20000 })
   assert.equal(await writer.evaluate(() => window.concord.ytext.toString()), 'the writer wrote this!')
   assert.equal(await stored('team/read'), 'the writer wrote this!')
+  // Without an admin token the replication panel says what it needs instead of polling a 403.
+  await reader.waitForSelector('#replication:has-text("needs an admin token")', { timeout: 10000 })
 })

@@ -31,7 +31,8 @@ const state = {
   regions: [], // [{ name, url }] public URLs of every region
   region: null, // the region we are connected to
   offline: false,
-  provider: null
+  provider: null,
+  statusDenied: false // the server refused our status calls (auth on, no admin token)
 }
 
 const ydoc = new Y.Doc()
@@ -46,6 +47,7 @@ async function status (base) {
   // need a CORS preflight per poll.
   const query = token ? `?token=${encodeURIComponent(token)}` : ''
   const res = await fetch(`${base}/api/status${query}`, { cache: 'no-store' })
+  if (res.status === 401 || res.status === 403) state.statusDenied = true
   if (!res.ok) throw new Error(`status ${res.status}`)
   return res.json()
 }
@@ -146,6 +148,13 @@ function ago (ms) {
 }
 
 async function renderReplication () {
+  if (state.statusDenied) {
+    // Status needs an admin token: say so once, and stop asking every second.
+    const p = document.createElement('p')
+    p.textContent = 'The replication panel needs an admin token (open the page with ?token= of one).'
+    $('replication').replaceChildren(p)
+    return
+  }
   const rows = await Promise.all(state.regions.map(async (r) => {
     try { return { r, s: await status(r.url) } } catch (e) { return { r, error: String(e.message || e) } }
   }))

@@ -64,7 +64,13 @@ pub enum CallbackError {
     Malformed(String),
     #[error("auth backend answer is over {MAX_ANSWER_BYTES} bytes")]
     TooLarge,
+    #[error("{MAX_QUESTIONS} questions to the auth backend are already waiting")]
+    Busy,
 }
+
+/// Questions to the backend at once, at most. Past it, a request is denied at once (503) rather
+/// than queued: a flood of distinct tokens must not become a flood of POSTs.
+pub const MAX_QUESTIONS: usize = 256;
 
 type Outcome = Result<Answer, CallbackError>;
 
@@ -76,6 +82,8 @@ pub struct Callback {
     cache: Mutex<AnswerCache>,
     /// Questions on their way to the backend; later identical ones subscribe to the answer.
     in_flight: Mutex<HashMap<Key, watch::Sender<Option<Outcome>>>>,
+    /// Places for questions under [`MAX_QUESTIONS`].
+    questions: tokio::sync::Semaphore,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +121,7 @@ impl Callback {
             timeout,
             cache: Mutex::new(AnswerCache::new(cache_ttl, MAX_CACHED)),
             in_flight: Mutex::new(HashMap::new()),
+            questions: tokio::sync::Semaphore::new(MAX_QUESTIONS),
         })
     }
 
@@ -128,6 +137,7 @@ impl Callback {
             creds.token.as_deref(),
             creds.cookie.as_deref(),
             creds.authorization.as_deref(),
+            creds.origin.as_deref(),
         ]);
         if let Some(answer) = lock(&self.cache).get(&key, Instant::now()) {
             return Ok(answer);
@@ -167,12 +177,16 @@ impl Callback {
 
     /// One question to the backend, within the timeout.
     async fn ask(&self, doc: Option<&DocName>, creds: &Credentials) -> Outcome {
+        let Ok(_place) = self.questions.try_acquire() else {
+            return Err(CallbackError::Busy);
+        };
         let question = serde_json::json!({
             "doc": doc.map(DocName::as_str),
             "token": creds.token,
             "headers": {
                 "cookie": creds.cookie,
                 "authorization": creds.authorization,
+                "origin": creds.origin,
             },
         });
         tokio::time::timeout(self.timeout, self.exchange(&question))
@@ -476,6 +490,7 @@ mod tests {
             token: Some("tok".into()),
             cookie: Some("session=abc; theme=dark".into()),
             authorization: Some("Bearer tok".into()),
+            origin: Some("https://app.example".into()),
         };
         callback
             .check(Some(&doc("team/a b")), &creds)
@@ -489,12 +504,12 @@ mod tests {
                 json!({
                     "doc": "team/a b",
                     "token": "tok",
-                    "headers": {"cookie": "session=abc; theme=dark", "authorization": "Bearer tok"},
+                    "headers": {"cookie": "session=abc; theme=dark", "authorization": "Bearer tok", "origin": "https://app.example"},
                 }),
                 json!({
                     "doc": null,
                     "token": null,
-                    "headers": {"cookie": null, "authorization": null},
+                    "headers": {"cookie": null, "authorization": null, "origin": null},
                 }),
             ]
         );
@@ -686,6 +701,43 @@ mod tests {
             assert_eq!(asker.await.unwrap().unwrap().access, Access::Write);
         }
         assert_eq!(backend.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn past_max_questions_a_new_question_is_denied_at_once() {
+        let permits = Arc::new(Semaphore::new(0));
+        let backend = Backend::start(Reply::Held(permits.clone())).await;
+        let callback = Arc::new(backend.callback(TTL));
+        let askers: Vec<_> = (0..MAX_QUESTIONS)
+            .map(|i| {
+                let callback = callback.clone();
+                tokio::spawn(async move {
+                    callback
+                        .check(Some(&doc("a")), &token(&format!("t{i}")))
+                        .await
+                })
+            })
+            .collect();
+        until("every place taken", || {
+            callback.questions.available_permits() == 0
+        })
+        .await;
+        assert!(matches!(
+            callback.check(Some(&doc("a")), &token("one-more")).await,
+            Err(CallbackError::Busy)
+        ));
+        permits.add_permits(MAX_QUESTIONS);
+        for asker in askers {
+            assert_eq!(asker.await.unwrap().unwrap().access, Access::Write);
+        }
+        // Places are given back: the next question is asked.
+        permits.add_permits(1);
+        assert!(
+            callback
+                .check(Some(&doc("a")), &token("later"))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]

@@ -41,6 +41,9 @@ pub struct Credentials {
     pub token: Option<String>,
     pub cookie: Option<String>,
     pub authorization: Option<String>,
+    /// The `Origin` header: which site's page opened the connection. An auth callback that
+    /// decides by cookie must check it (cross-site WebSocket hijacking).
+    pub origin: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -77,6 +80,7 @@ impl Credentials {
             token: query_token.filter(|t| !t.is_empty()).or(bearer),
             cookie: text(header::COOKIE),
             authorization,
+            origin: text(header::ORIGIN),
         }
     }
 
@@ -104,6 +108,8 @@ pub struct Refusal {
     pub reason: String,
     /// Who asked, when the credentials said (for the log).
     pub sub: Option<String>,
+    /// What only the log gets (an auth backend's transport error, say): never sent.
+    pub detail: Option<String>,
 }
 
 impl Refusal {
@@ -112,6 +118,7 @@ impl Refusal {
             status: StatusCode::UNAUTHORIZED,
             reason: reason.into(),
             sub: None,
+            detail: None,
         }
     }
 
@@ -120,6 +127,7 @@ impl Refusal {
             status: StatusCode::FORBIDDEN,
             reason: reason.into(),
             sub,
+            detail: None,
         }
     }
 }
@@ -196,15 +204,16 @@ impl Gate {
                         access::access_for(&claims.docs, d.as_str())
                     }),
                     admin: claims.admin,
-                    expires: Some(claims.expires_at()),
+                    expires: claims.expires_at(),
                     sub: claims.sub,
                 }
             }
             Mode::Callback(callback) => {
                 let answer = callback.check(doc, creds).await.map_err(|e| Refusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,
-                    reason: format!("access denied: {e}"),
+                    reason: "access denied: the authorization backend did not answer; retry".into(),
                     sub: None,
+                    detail: Some(e.to_string()),
                 })?;
                 Grant {
                     access: answer.access,

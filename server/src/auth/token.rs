@@ -36,10 +36,15 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn expires_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.exp)
+    /// When the token expires; `None` when `exp` is too far out to be a time (such a token is
+    /// refused).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp))
     }
 }
+
+/// Longest `kid` quoted back in a refusal: the header is unverified input.
+const MAX_KID_SHOWN: usize = 64;
 
 /// Why a token was refused. The text is sent to the client and logged; it never holds the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,7 +133,7 @@ impl Verifier {
         if candidates.is_empty() {
             return Err(match &header.kid {
                 Some(kid) if self.keys.iter().any(|k| k.alg == header.alg) => {
-                    TokenError::UnknownKey(kid.clone())
+                    TokenError::UnknownKey(kid.chars().take(MAX_KID_SHOWN).collect())
                 }
                 _ => TokenError::Algorithm(format!("{:?}", header.alg)),
             });
@@ -145,6 +150,9 @@ impl Verifier {
                 // jsonwebtoken still accepts it during that second, while a connection is
                 // closed at its start.
                 Ok(data) if now_secs() >= data.claims.exp => return Err(TokenError::Expired),
+                Ok(data) if data.claims.expires_at().is_none() => {
+                    return Err(TokenError::Claims("exp is out of range".into()));
+                }
                 Ok(data) => return Ok(data.claims),
                 Err(e) => last = classify(e),
             }
@@ -281,6 +289,22 @@ mod tests {
             let other = mint("other", &claims);
             prop_assert_eq!(verifier.verify(&other), Err(TokenError::Signature));
         }
+    }
+
+    #[test]
+    fn an_exp_too_far_out_is_refused_not_a_panic() {
+        let verifier = Verifier::new(Some("secret"), &[]).unwrap();
+        let claims = Claims {
+            exp: u64::MAX,
+            nbf: None,
+            sub: None,
+            docs: BTreeMap::new(),
+            admin: false,
+        };
+        assert_eq!(
+            verifier.verify(&mint("secret", &claims)),
+            Err(TokenError::Claims("exp is out of range".into()))
+        );
     }
 
     #[test]

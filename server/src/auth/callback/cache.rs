@@ -20,7 +20,7 @@ pub type Key = [u8; 32];
 /// The key of a question made of `fields` (document, token, cookie, authorization). Each field
 /// is length-prefixed and marked present or absent, so no two different questions share a key
 /// (`None` differs from `Some("")`, and bytes cannot move from one field to the next).
-pub fn key(fields: [Option<&str>; 4]) -> Key {
+pub fn key<const N: usize>(fields: [Option<&str>; N]) -> Key {
     let mut hash = Sha256::new();
     hash.update(b"concord auth callback v1");
     for field in fields {
