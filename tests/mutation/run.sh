@@ -3,7 +3,10 @@
 #
 # Each file in tests/mutation/mutants/ is a small patch that breaks one promise on purpose (a
 # room broadcasting before its commit, a link acknowledging before the local commit, eviction
-# switched off, garbage accepted silently) or brings back one of the defects of issue 12 (D1-D5).
+# switched off, garbage accepted silently), brings back one of the defects of issue 12 (D1-D5), or
+# opens a hole in access control (a viewer's writes applied, a token outliving its expiry, status
+# open, an auth backend failing open, a connection place freed early, a peer proof not bound to
+# its TLS session).
 # Its header says what it breaks (`# what:`) and which tests must catch it (`# catch:`, a
 # nextest filter expression). For each mutant this script applies the patch to a scratch copy of
 # HEAD, builds the release binary and the tests, and runs the catching tests N times: a mutant
@@ -11,7 +14,7 @@
 # run let a mutant through.
 #
 # Usage: bash tests/mutation/run.sh [-n RUNS] [MUTANT...]     (default: 10 runs, every mutant;
-# about 35 minutes on 2 cores)
+# about 50 minutes on 2 cores)
 # Not part of tests/run-all.sh: each mutant needs its own build (about a minute incremental on
 # 2 cores) and ten runs. Everything happens in target/mutation/; your working tree is untouched.
 set -euo pipefail
