@@ -265,8 +265,22 @@ pub struct LimitArgs {
 
     /// How long a new TCP connection may take to send its request headers (and, with TLS, to
     /// finish the TLS handshake) before it is cut: slowloris protection.
-    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
+
+    /// Connections accepted but not yet upgraded to a WebSocket (TLS handshakes, HTTP requests
+    /// in progress or kept alive), at most. Past it a new socket is closed at once: silent or
+    /// slow sockets cannot take every file descriptor.
+    #[arg(long, env = "CONCORD_MAX_PENDING_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_connections: u32,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Default for LimitArgs {
@@ -275,6 +289,7 @@ impl Default for LimitArgs {
             max_connections: 10_000,
             max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(10),
+            max_pending_connections: 1024,
         }
     }
 }

@@ -84,6 +84,10 @@ pub async fn serve(
     config: ServeArgs,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // SIGHUP reloads certificates; until its handler is up it must not kill the process (its
+    // default), so take it over before the port opens.
+    #[cfg(unix)]
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let listener = TcpListener::bind(config.listen).await?;
     serve_on(listener, config, stop).await
 }
@@ -112,7 +116,16 @@ pub async fn serve_on(
             tls::server::reload_on_sighup(certs.clone(), shutdown.clone());
             Some(tls::server::acceptor(certs.clone())?)
         }
-        None => None,
+        None => {
+            tls::server::ignore_sighup(shutdown.clone());
+            if config.tls.peer_tls_required {
+                warn!(
+                    "--peer-tls-required without --tls-cert: every incoming peer link will be \
+                     refused (this node serves no TLS)"
+                );
+            }
+            None
+        }
     };
     let store: SharedStore = Arc::new(SqliteStore::open(
         &config.data_dir,
@@ -175,6 +188,7 @@ pub async fn serve_on(
         router,
         acceptor,
         handshake_timeout,
+        app.config.limits.max_pending_connections as usize,
         shutdown.clone(),
     )
     .await;

@@ -8,8 +8,13 @@
 //!   request's headers within `--handshake-timeout` of being accepted, or it is cut; later
 //!   requests on a kept-alive connection get the same time for their headers.
 //!
+//! - HTTP/1.1 only: WebSockets need it, and HTTP/2 has no timeout for later requests' headers.
+//! - a cap on connections that have not upgraded yet (`--max-pending-connections`): past it a
+//!   new socket is closed at once, so silent or slow sockets cannot take every file descriptor.
+//!
 //! Shutdown works as with axum: stop accepting, let HTTP connections finish what they are
-//! doing, and return once they have. Upgraded sockets are the caller's to wait for.
+//! doing (for at most [`SHUTDOWN_GRACE`]), and return. Upgraded sockets are the caller's to
+//! wait for.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -20,8 +25,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,12 +40,15 @@ use tracing::{debug, error, warn};
 
 use crate::tls::Transport;
 
+/// How long shutdown waits for HTTP connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What every connection is served with.
 struct Serving {
     router: Router,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
-    http: Builder<TokioExecutor>,
+    http: Builder,
     shutdown: CancellationToken,
 }
 
@@ -51,11 +59,13 @@ pub async fn serve(
     router: Router,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    max_pending: usize,
     shutdown: CancellationToken,
 ) {
-    let mut http = Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
+    // hyper's own HTTP/1 builder: hyper-util's auto builder still serves HTTP/2 with upgrades on,
+    // even when told HTTP/1 only.
+    let mut http = Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout);
     let serving = Arc::new(Serving {
         router,
@@ -65,6 +75,8 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let connections = TaskTracker::new();
+    let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -76,20 +88,41 @@ pub async fn serve(
             Err(e) => {
                 // Out of file descriptors, most likely: wait instead of spinning.
                 error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
                 continue;
             }
+        };
+        // A place among the connections not yet upgraded, held until this one upgrades or ends.
+        let Ok(place) = pending.clone().try_acquire_owned() else {
+            if last_full_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                last_full_warning = Some(Instant::now());
+                warn!(%remote, max = max_pending, "too many connections not yet upgraded (--max-pending-connections); closing new ones");
+            }
+            drop(tcp);
+            continue;
         };
         // Small frames must leave at once: Nagle's algorithm would hold them for the peer's
         // delayed ACK (~40 ms), which is most of a latency budget.
         if let Err(e) = tcp.set_nodelay(true) {
             warn!("could not set TCP_NODELAY: {e}");
         }
-        connections.spawn(serving.clone().connection(tcp, remote));
+        let serving = serving.clone();
+        connections.spawn(async move {
+            serving.connection(tcp, remote).await;
+            drop(place);
+        });
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("some HTTP connections did not finish within {SHUTDOWN_GRACE:?}; leaving them");
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {
@@ -156,7 +189,8 @@ impl Serving {
         });
         let conn = self
             .http
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+            .with_upgrades();
         let mut conn = pin!(conn);
         let mut expiry = pin!(tokio::time::sleep_until(deadline));
         let (mut started, mut closing) = (false, false);

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(concord_server::memory::on_worker_park)
@@ -81,4 +82,21 @@ fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) is far below what a
+/// server holds: raise it to the hard limit, as servers do.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

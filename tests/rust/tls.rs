@@ -385,3 +385,79 @@ async fn tls_sockets_that_never_finish_their_handshake_are_cut() {
     let (code, _) = https_get(&server.https_url("/healthz"), client_config(&[&f.ca])).await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_refused_so_its_requests_cannot_escape_the_header_timeout() {
+    // Served as HTTP/2, a connection would get no header timeout after its first request.
+    let server = Server::start(&[]).await;
+    let url = format!("http://{}/healthz", server.addr);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let answer = h2.get(&url).send().await;
+    assert!(answer.is_err(), "HTTP/2 was served: {answer:?}");
+    let h1 = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(h1.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_not_yet_upgraded_are_capped_and_upgraded_ones_are_not() {
+    let server = Server::start(&[
+        "--max-pending-connections",
+        "2",
+        "--handshake-timeout",
+        "30s",
+    ])
+    .await;
+    // Upgraded WebSockets give their place back: many fit under a cap of 2.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(YClient::connect(&server.ws_url("pending/doc")).await);
+    }
+    // Two silent sockets take both places; a third socket is closed at once.
+    let _silent: Vec<TcpStream> =
+        futures_util::future::join_all((0..2).map(|_| TcpStream::connect(server.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = Instant::now();
+        let mut third = TcpStream::connect(server.addr).await.unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the third socket was neither answered nor closed")
+            .unwrap_or(0);
+        if n == 0 {
+            assert!(started.elapsed() < Duration::from_secs(2));
+            break;
+        }
+        // Answered: the silent sockets were not accepted yet. Try again.
+        assert!(Instant::now() < deadline, "the cap never applied");
+    }
+    assert!(server.logged(&["--max-pending-connections"]));
+    // The upgraded clients were never affected.
+    clients[0].append("t", "still served");
+    clients[5].wait_text("t", "still served").await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_never_kills_a_server_without_tls() {
+    let server = Server::start(&[]).await;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
+    server
+        .wait_logged(&["SIGHUP: nothing to reload"], 1, Duration::from_secs(10))
+        .await
+        .expect("SIGHUP was not logged");
+    assert_eq!(http_get(&server.http_url("/healthz")).await.0, 200);
+}

@@ -18,7 +18,7 @@ use rustls::ConnectionCommon;
 use rustls::crypto::CryptoProvider;
 
 /// The exporter label of the peer handshake's channel binding.
-pub const BINDING_LABEL: &[u8] = b"EXPORTER-concord-peer-link";
+pub const BINDING_LABEL: &[u8] = b"EXPERIMENTAL-concord-peer-link";
 /// Bytes of exporter output the binding uses.
 pub const BINDING_LEN: usize = 32;
 

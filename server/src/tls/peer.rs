@@ -81,7 +81,7 @@ impl PeerTls {
         let any_tls = peers
             .iter()
             .any(|p| is_tls_endpoint(&crate::replication::dial::peer_endpoint(p)));
-        if !any_tls {
+        if !any_tls && tls.peer_ca.is_none() {
             return Ok(PeerTls::default());
         }
         let mut roots = RootCertStore::empty();

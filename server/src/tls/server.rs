@@ -127,6 +127,28 @@ pub fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
 #[cfg(not(unix))]
 pub fn reload_on_sighup(_store: Arc<CertStore>, _stop: CancellationToken) {}
 
+/// Without TLS there is nothing to reload: SIGHUP (an operator's `systemctl reload`, a
+/// certificate hook) is logged and otherwise ignored, never fatal.
+#[cfg(unix)]
+pub fn ignore_sighup(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            info!("SIGHUP: nothing to reload (no --tls-cert)");
+        }
+    });
+}
+
+#[cfg(not(unix))]
+pub fn ignore_sighup(_stop: CancellationToken) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
