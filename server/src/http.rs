@@ -153,6 +153,10 @@ async fn peer(
         )
             .into_response();
     }
+    if !transport.can_bind_peer_link() {
+        warn!(%remote, "peer link refused: TLS older than 1.3 (its session cannot be bound)");
+        return (StatusCode::FORBIDDEN, "peer links over TLS need TLS 1.3").into_response();
+    }
     let Some(slot) = hub.handshake_slot() else {
         debug!(%remote, "too many peer handshakes at once; refused");
         return (

@@ -158,7 +158,11 @@ impl Serving {
             }
         };
         let transport = match crate::tls::binding(stream.get_ref().1) {
-            Ok(binding) => Transport::Tls { binding },
+            Ok(binding) => Transport::Tls {
+                binding,
+                tls13: stream.get_ref().1.protocol_version()
+                    == Some(rustls::ProtocolVersion::TLSv1_3),
+            },
             Err(e) => {
                 warn!(%remote, error = %e, "TLS session without an exporter; closed");
                 return;

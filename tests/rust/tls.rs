@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use concord_tests::cluster::{Cluster, SECRET, mesh};
 use concord_tests::tls::{
-    TestCa, client_config, https_get, served_certificate, tls_connect, wss_connect,
+    TestCa, client_config, client_config_for, https_get, served_certificate, tls_connect,
+    wss_connect,
 };
 use concord_tests::{Server, YClient, concord_bin, http_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -460,4 +461,25 @@ async fn sighup_never_kills_a_server_without_tls() {
         .await
         .expect("SIGHUP was not logged");
     assert_eq!(http_get(&server.http_url("/healthz")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_links_over_tls_older_than_1_3_are_refused() {
+    let f = files("tls12 CA");
+    let server = Server::start(&f.serve_args(&["--peer-secret", SECRET])).await;
+    let tls12 = || client_config_for(&[&f.ca], &[&rustls::version::TLS12]);
+    let tls13 = || client_config_for(&[&f.ca], &[&rustls::version::TLS13]);
+    // A browser may use TLS 1.2 for everything else...
+    assert_eq!(
+        https_get(&server.https_url("/healthz"), tls12()).await.0,
+        200
+    );
+    // ...but a peer link must be TLS 1.3, whose exporter is unique to its session.
+    let url = format!("wss://localhost:{}/peer", server.addr.port());
+    let Err(refused) = wss_connect(&url, tls12()).await else {
+        panic!("a TLS 1.2 peer link was upgraded");
+    };
+    assert!(refused.contains("403"), "{refused}");
+    assert!(server.logged(&["WARN", "peer link refused", "TLS older than 1.3"]));
+    assert!(wss_connect(&url, tls13()).await.is_ok());
 }

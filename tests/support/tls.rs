@@ -83,13 +83,21 @@ impl Leaf {
 
 /// Client settings trusting exactly `cas`.
 pub fn client_config(cas: &[&TestCa]) -> Arc<ClientConfig> {
+    client_config_for(cas, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] offering only the TLS `versions` given.
+pub fn client_config_for(
+    cas: &[&TestCa],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         roots.add(ca.issuer.der().clone()).unwrap();
     }
     Arc::new(
         ClientConfig::builder_with_provider(concord_server::tls::provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),

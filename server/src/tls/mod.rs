@@ -29,6 +29,10 @@ pub enum Transport {
     /// TLS, with the session's exporter value ([`binding`]).
     Tls {
         binding: [u8; BINDING_LEN],
+        /// TLS 1.3: only its exporter is unique to the session whatever the client does (a TLS
+        /// 1.2 one can be shared by two sessions, the triple-handshake attack), so peer links
+        /// need it. Browsers may use 1.2.
+        tls13: bool,
     },
 }
 
@@ -37,11 +41,16 @@ impl Transport {
         matches!(self, Transport::Tls { .. })
     }
 
+    /// Whether a peer link may be bound to this connection: plain (nothing to bind) or TLS 1.3.
+    pub fn can_bind_peer_link(&self) -> bool {
+        matches!(self, Transport::Plain | Transport::Tls { tls13: true, .. })
+    }
+
     /// What the peer handshake binds its proofs to: empty on a plain connection.
     pub fn binding(&self) -> &[u8] {
         match self {
             Transport::Plain => &[],
-            Transport::Tls { binding } => binding,
+            Transport::Tls { binding, .. } => binding,
         }
     }
 }
@@ -80,4 +89,53 @@ pub enum TlsError {
         "no certificate authority to verify https:// peers with: the system has no roots and --peer-ca is not set"
     )]
     NoRoots,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    /// Two ends of one real TLS session over an in-memory pipe; returns each end's binding.
+    async fn session(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> ([u8; 32], [u8; 32]) {
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let accept = TlsAcceptor::from(Arc::new(server)).accept(a);
+        let connect = TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("localhost").unwrap(), b);
+        let (s, c) = tokio::join!(accept, connect);
+        let (s, c) = (s.unwrap(), c.unwrap());
+        (
+            binding(s.get_ref().1).unwrap(),
+            binding(c.get_ref().1).unwrap(),
+        )
+    }
+
+    /// The peer handshake's binding only works if both ends of a session derive the same value
+    /// and every session a different one.
+    #[tokio::test]
+    async fn both_ends_of_a_session_share_its_binding_and_sessions_differ() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (server1, client1) = session(&cert).await;
+        let (server2, client2) = session(&cert).await;
+        assert_eq!(server1, client1);
+        assert_eq!(server2, client2);
+        assert_ne!(server1, server2);
+        assert_ne!(server1, [0u8; BINDING_LEN]);
+    }
 }
