@@ -40,7 +40,10 @@ pub struct Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("peer did not prove the shared secret")]
+    #[error(
+        "peer did not prove the shared secret (a wrong --peer-secret, or a TLS-terminating proxy \
+         between the nodes: the proof is bound to the TLS session)"
+    )]
     BadProof,
     #[error("peer has this node's own id {0}")]
     SameNode(NodeId),
