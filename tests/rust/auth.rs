@@ -9,10 +9,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use concord_tests::cluster::Cluster;
-use concord_tests::{Server, WAIT, YClient, concord_bin, http_get, mint};
+use concord_tests::{Server, WAIT, YClient, concord_bin, http_get, mint, upgrade_status};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-auth-secret";
 
@@ -22,28 +21,6 @@ fn now() -> u64 {
 
 fn hour() -> Duration {
     Duration::from_secs(3600)
-}
-
-/// The HTTP status of a WebSocket upgrade to `url` (101 when it is upgraded), with an optional
-/// `Authorization` header.
-async fn upgrade_status(url: &str, authorization: Option<&str>) -> (u16, String) {
-    let mut req = url.into_client_request().unwrap();
-    if let Some(a) = authorization {
-        req.headers_mut()
-            .insert("authorization", a.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((_ws, resp)) => (resp.status().as_u16(), String::new()),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (resp.status().as_u16(), body)
-        }
-        Err(e) => panic!("upgrade to {url} failed without an HTTP answer: {e}"),
-    }
 }
 
 fn with_token(url: &str, token: &str) -> String {

@@ -12,9 +12,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use concord_tests::{Server, YClient};
+use concord_tests::{Server, YClient, upgrade_status};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite;
 
 const WRITER: &str = "tok-writer-5f1c";
 const READER: &str = "tok-reader-9a2e";
@@ -101,23 +100,6 @@ fn ws(server: &Server, doc: &str, token: &str) -> String {
     format!("{}?token={token}", server.ws_url(doc))
 }
 
-/// Tries a WebSocket upgrade and returns the HTTP status and body of its refusal (101 if it
-/// was upgraded).
-async fn upgrade_status(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Ok((_socket, response)) => (response.status().as_u16(), String::new()),
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (response.status().as_u16(), body)
-        }
-        Err(e) => panic!("upgrade of {url} failed without an HTTP answer: {e}"),
-    }
-}
-
 /// GET `path` with `Authorization: Bearer token`.
 async fn get(server: &Server, path: &str, token: &str) -> (u16, String) {
     let response = reqwest::Client::new()
@@ -198,10 +180,10 @@ async fn a_read_answer_lets_a_client_follow() {
 async fn a_none_answer_is_a_403_before_the_upgrade() {
     let backend = Backend::start(Mode::ByToken).await;
     let server = serve(&backend.url, &[]).await;
-    let (status, _) = upgrade_status(&ws(&server, "team/board", STRANGER)).await;
+    let (status, _) = upgrade_status(&ws(&server, "team/board", STRANGER), None).await;
     assert_eq!(status, 403);
     // Without any credentials the backend is still asked (it may know a cookie), and says none.
-    let (status, _) = upgrade_status(&server.ws_url("team/board")).await;
+    let (status, _) = upgrade_status(&server.ws_url("team/board"), None).await;
     assert_eq!(status, 403);
     assert_eq!(backend.questions()[1]["token"], Value::Null);
     let (status, _) = get(&server, "/api/docs/team/board/update", STRANGER).await;
@@ -215,7 +197,7 @@ async fn a_slow_backend_is_a_503_before_the_upgrade() {
     let backend = Backend::start(Mode::Hang).await;
     let server = serve(&backend.url, &["--auth-timeout", "300ms"]).await;
     let started = std::time::Instant::now();
-    let (status, body) = upgrade_status(&ws(&server, "team/board", WRITER)).await;
+    let (status, body) = upgrade_status(&ws(&server, "team/board", WRITER), None).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("did not answer"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -226,7 +208,7 @@ async fn a_slow_backend_is_a_503_before_the_upgrade() {
 async fn a_backend_that_is_down_is_a_503_and_its_url_secrets_stay_out_of_the_log() {
     let url = down_url().replace("http://", "http://concord:s3cr3t-pw@") + "?key=hunter2-key";
     let server = serve(&url, &[]).await;
-    let (status, upgrade_body) = upgrade_status(&ws(&server, "team/board", WRITER)).await;
+    let (status, upgrade_body) = upgrade_status(&ws(&server, "team/board", WRITER), None).await;
     assert_eq!(status, 503, "{upgrade_body}");
     let (status, status_body) = get(&server, "/api/status", ADMIN).await;
     assert_eq!(status, 503, "{status_body}");

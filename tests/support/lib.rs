@@ -8,4 +8,6 @@ pub mod server;
 pub mod tls;
 
 pub use client::{WAIT, YClient};
-pub use server::{Server, assert_contains, concord_bin, http_get, mint, server_doc};
+pub use server::{
+    Server, assert_contains, concord_bin, http_get, mint, server_doc, upgrade_status,
+};

@@ -289,6 +289,29 @@ fn default_log() -> String {
     std::env::var("CONCORD_TEST_LOG").unwrap_or_else(|_| "info".into())
 }
 
+/// The HTTP status of a WebSocket upgrade to `url` (101 when it is upgraded) and the body of a
+/// refusal, with an optional `Authorization` header.
+pub async fn upgrade_status(url: &str, authorization: Option<&str>) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(a) = authorization {
+        req.headers_mut()
+            .insert("authorization", a.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, resp)) => (resp.status().as_u16(), String::new()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("upgrade to {url} failed without an HTTP answer: {e}"),
+    }
+}
+
 /// GET `url`; returns the status and body.
 pub async fn http_get(url: &str) -> (u16, Vec<u8>) {
     let resp = reqwest::get(url).await.expect("HTTP request");

@@ -96,15 +96,32 @@ pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Reloads `store` on every SIGHUP until `stop`. The handler is in place when this returns (a
-/// SIGHUP before that would end the process).
-#[cfg(unix)]
+/// Reloads the certificate and key on every SIGHUP until `stop`; a failed reload keeps the pair
+/// being served. (`serve` takes SIGHUP over before the port opens, so an early one is never
+/// fatal.)
 pub fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
+    on_sighup(stop, move || match store.reload() {
+        Ok(()) => info!(cert = %store.cert.display(), "TLS certificate reloaded"),
+        Err(e) => {
+            warn!(error = %e, "TLS certificate reload failed; still serving the previous one")
+        }
+    });
+}
+
+/// Without TLS there is nothing to reload: SIGHUP (an operator's `systemctl reload`, a
+/// certificate hook) is logged and otherwise ignored, never fatal.
+pub fn ignore_sighup(stop: CancellationToken) {
+    on_sighup(stop, || info!("SIGHUP: nothing to reload (no --tls-cert)"));
+}
+
+/// Runs `then` on every SIGHUP until `stop`.
+#[cfg(unix)]
+fn on_sighup(stop: CancellationToken, then: impl Fn() + Send + 'static) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => hup,
         Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP: TLS certificates will not reload");
+            warn!(error = %e, "cannot listen for SIGHUP");
             return;
         }
     };
@@ -114,40 +131,13 @@ pub fn reload_on_sighup(store: Arc<CertStore>, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            match store.reload() {
-                Ok(()) => info!(cert = %store.cert.display(), "TLS certificate reloaded"),
-                Err(e) => {
-                    warn!(error = %e, "TLS certificate reload failed; still serving the previous one")
-                }
-            }
+            then();
         }
     });
 }
 
 #[cfg(not(unix))]
-pub fn reload_on_sighup(_store: Arc<CertStore>, _stop: CancellationToken) {}
-
-/// Without TLS there is nothing to reload: SIGHUP (an operator's `systemctl reload`, a
-/// certificate hook) is logged and otherwise ignored, never fatal.
-#[cfg(unix)]
-pub fn ignore_sighup(stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            info!("SIGHUP: nothing to reload (no --tls-cert)");
-        }
-    });
-}
-
-#[cfg(not(unix))]
-pub fn ignore_sighup(_stop: CancellationToken) {}
+fn on_sighup(_stop: CancellationToken, _then: impl Fn() + Send + 'static) {}
 
 #[cfg(test)]
 mod tests {
