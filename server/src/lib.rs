@@ -173,6 +173,10 @@ pub async fn serve_on(
     });
     tokio::spawn(memory::trim_task(shutdown.clone()));
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
+    info!(
+        "web demo: {}",
+        demo_url(addr, app.config.tls.tls_cert.is_some())
+    );
 
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -207,6 +211,19 @@ pub async fn serve_on(
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Where a browser on this machine finds the demo page: a wildcard address is shown as loopback.
+fn demo_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let mut shown = addr;
+    if addr.ip().is_unspecified() {
+        shown.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("{}://{shown}/", if tls { "https" } else { "http" })
 }
 
 /// Secure by default: without any authentication, serve only on a loopback address, unless

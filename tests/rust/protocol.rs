@@ -417,3 +417,16 @@ async fn healthz_and_demo_page_are_served() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("<html"));
 }
+
+#[tokio::test]
+async fn the_server_says_where_its_demo_is_and_serves_it_there() {
+    let server = Server::start(&[]).await;
+    let url = format!("http://{}/", server.addr);
+    server
+        .wait_logged(&[&format!("web demo: {url}")], 1, Duration::from_secs(10))
+        .await
+        .expect("no `web demo: URL` line at start");
+    let (status, page) = http_get(&url).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("app.js"));
+}

@@ -444,7 +444,10 @@ async fn connections_not_yet_upgraded_are_capped_and_upgraded_ones_are_not() {
         // Answered: the silent sockets were not accepted yet. Try again.
         assert!(Instant::now() < deadline, "the cap never applied");
     }
-    assert!(server.logged(&["--max-pending-connections"]));
+    server
+        .wait_logged(&["--max-pending-connections"], 1, Duration::from_secs(10))
+        .await
+        .expect("the refusal was not logged");
     // The upgraded clients were never affected.
     clients[0].append("t", "still served");
     clients[5].wait_text("t", "still served").await;

@@ -1,0 +1,73 @@
+// The README's Node snippets, run as written against a live server, so they cannot rot: every
+// fenced block tagged `js node` is saved as a module next to this file (so its imports resolve
+// from these node_modules), with the README's address replaced by the test server's, and run
+// with Node. A snippet that makes a provider must get it synced.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { readFileSync, writeFileSync, rmSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { startServer } from './concord.mjs'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const readme = readFileSync(path.join(here, '../../README.md'), 'utf8')
+const snippets = [...readme.matchAll(/```js node\n([\s\S]*?)```/g)].map((m) => m[1])
+
+// Runs after the snippet, in the same module: waits for its provider (if it made one) to sync.
+const epilogue = `
+if (typeof provider !== 'undefined') {
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the provider did not sync within 20 s')), 20000)
+    const done = (synced) => { if (synced) { clearTimeout(timer); resolve() } }
+    if (provider.synced) done(true)
+    provider.on('sync', done)
+  })
+  await new Promise((resolve) => setTimeout(resolve, 200)) // let its first edit leave
+  provider.destroy()
+}
+if (typeof token !== 'undefined') console.log('TOKEN ' + token)
+process.exit(0)
+`
+
+// An open server for the client snippets (as a newcomer runs it), and one checking tokens for
+// the snippet that mints one.
+let server
+let guarded
+before(async () => {
+  server = await startServer()
+  guarded = await startServer(['--auth-secret', 'readme-secret'])
+})
+after(async () => { await Promise.all([server.stop(), guarded.stop()]) })
+
+test('the README has Node snippets to run', () => {
+  assert.ok(snippets.length >= 2, `found ${snippets.length}`)
+})
+
+for (const [i, code] of snippets.entries()) {
+  test(`README Node snippet ${i + 1} runs as written`, async () => {
+    const file = path.join(here, `.readme-snippet-${i + 1}.mjs`)
+    const source = code.replaceAll('ws://127.0.0.1:8080/ws', server.wsUrl)
+    writeFileSync(file, source + epilogue)
+    try {
+      const { stdout } = await promisify(execFile)(process.execPath, [file], {
+        cwd: here,
+        env: { ...process.env, CONCORD_AUTH_SECRET: 'readme-secret' },
+        timeout: 30000
+      })
+      if (source.includes('jwt.sign')) {
+        // The minted token works against the server.
+        const minted = stdout.match(/TOKEN (\S+)/)[1]
+        const res = await fetch(`${guarded.httpUrl}/api/docs/team/x/update?token=${minted}`)
+        assert.equal(res.status, 404, 'authorized (and never written)')
+      }
+    } finally {
+      rmSync(file, { force: true })
+    }
+    if (source.includes('hello from Node')) {
+      const res = await fetch(`${server.httpUrl}/api/docs/team/notes/text/notes`)
+      assert.equal(await res.text(), 'hello from Node\n')
+    }
+  })
+}
