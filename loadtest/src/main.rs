@@ -135,11 +135,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let out = args.out.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        PathBuf::from(format!("target/loadtest/{secs}"))
+        // A readable time, without the colons some tools choke on: 2026-12-05T13-06-00Z.
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "-");
+        PathBuf::from(format!("target/loadtest/{now}"))
     });
     std::fs::create_dir_all(&out)?;
 
@@ -325,6 +325,12 @@ async fn main() -> anyhow::Result<()> {
     let first_second = stats.start.elapsed().as_secs() + 1 + args.warmup.as_secs();
     phase_tx.send_replace(Phase::Write);
     let mut last = (0u64, 0u64, Instant::now());
+    // On a terminal the progress line rewrites itself; in a log file each second is a line.
+    let (line_start, line_end) = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ("\r", "")
+    } else {
+        ("", "\n")
+    };
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         stats.sweep(Duration::from_secs(60));
@@ -333,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
         let dt = last.2.elapsed().as_secs_f64();
         if !args.quiet {
             eprint!(
-                "\r  {:>5.0}s  sent {sent:>9}  {:>8.0} updates/s  {:>9.0} deliveries/s  errors {}  reconnects {}   ",
+                "{line_start}  {:>5.0}s  sent {sent:>9}  {:>8.0} updates/s  {:>9.0} deliveries/s  errors {}  reconnects {}   {line_end}",
                 write_start.elapsed().as_secs_f64(),
                 (sent - last.0) as f64 / dt,
                 (delivered - last.1) as f64 / dt,
@@ -354,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    if !args.quiet {
+    if !args.quiet && line_end.is_empty() {
         eprintln!();
     }
     let write_secs = write_start.elapsed().as_secs_f64();
