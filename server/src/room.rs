@@ -82,11 +82,10 @@ pub enum ReadKind {
     Text(String),
 }
 
-/// A member connection and the awareness client ids it announced (removed when it leaves, or
-/// other users keep seeing its cursor).
+/// A member connection. The awareness client ids it announced are those `presence_owners` gives
+/// it (removed when it leaves, or other users keep seeing its cursor).
 struct Member {
     client: ClientHandle,
-    awareness_ids: Vec<ClientID>,
 }
 
 /// Something visible that must wait for earlier writes to be durable.
@@ -497,13 +496,7 @@ impl Room {
                     return Ok(());
                 };
                 let id = client.id;
-                self.members.insert(
-                    id,
-                    Member {
-                        client,
-                        awareness_ids: Vec::new(),
-                    },
-                );
+                self.members.insert(id, Member { client });
                 self.send_to(
                     id,
                     Bytes::from(encode::sync_step1(&self.state.state_vector())),
@@ -681,21 +674,8 @@ impl Room {
         if let Some(id) = from.filter(|id| self.members.contains_key(id)) {
             for c in summary.added.iter().chain(&summary.updated) {
                 self.remote_presence.remove(c);
-                if let Some(previous) = self.presence_owners.insert(*c, id)
-                    && previous != id
-                    && let Some(old) = self.members.get_mut(&previous)
-                {
-                    old.awareness_ids.retain(|x| x != c);
-                }
-                let member = self.members.get_mut(&id).expect("checked above");
-                if !member.awareness_ids.contains(c) {
-                    member.awareness_ids.push(*c);
-                }
+                self.presence_owners.insert(*c, id);
             }
-            let member = self.members.get_mut(&id).expect("checked above");
-            member
-                .awareness_ids
-                .retain(|c| !summary.removed.contains(c));
             for c in &summary.removed {
                 self.presence_owners.remove(c);
             }
@@ -833,15 +813,18 @@ impl Room {
     }
 
     fn remove_member(&mut self, id: ConnId) {
-        let Some(member) = self.members.remove(&id) else {
+        if self.members.remove(&id).is_none() {
             return;
-        };
-        for c in &member.awareness_ids {
-            if self.presence_owners.get(c) == Some(&id) {
-                self.presence_owners.remove(c);
-            }
         }
-        if let Some(removal) = self.state.remove_awareness(&member.awareness_ids) {
+        let mut owned = Vec::new();
+        self.presence_owners.retain(|c, owner| {
+            let mine = *owner == id;
+            if mine {
+                owned.push(*c);
+            }
+            !mine
+        });
+        if let Some(removal) = self.state.remove_awareness(&owned) {
             self.broadcast_awareness(&[], &removal);
         }
     }
