@@ -143,7 +143,14 @@ async fn tokens_are_checked_before_the_upgrade() {
         cases.len(),
         "one warning per refusal"
     );
-    assert!(server.logged(&["access refused", "doc=other/x", "sub=test", "status=403"]));
+    server
+        .wait_logged(
+            &["access refused", "doc=other/x", "sub=test", "status=403"],
+            1,
+            WAIT,
+        )
+        .await
+        .expect("not logged");
     let log = server.log.lock().unwrap().join("\n");
     for (what, url, _, _) in &cases {
         if let Some((_, token)) = url.split_once("?token=") {
@@ -314,6 +321,10 @@ async fn read_only_clients_see_everything_and_change_nothing() {
         "permission-denied is sent once per connection"
     );
     assert!(String::from_utf8_lossy(&denied[0]).contains("read-only"));
+    server
+        .wait_logged(&["INFO", "read-only client sent an update"], 1, WAIT)
+        .await
+        .expect("not logged");
     assert_eq!(
         server.logged_count(&["INFO", "read-only client sent an update"]),
         1

@@ -483,6 +483,13 @@ async fn peer_links_over_tls_older_than_1_3_are_refused() {
         panic!("a TLS 1.2 peer link was upgraded");
     };
     assert!(refused.contains("403"), "{refused}");
-    assert!(server.logged(&["WARN", "peer link refused", "TLS older than 1.3"]));
+    server
+        .wait_logged(
+            &["WARN", "peer link refused", "TLS older than 1.3"],
+            1,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("not logged");
     assert!(wss_connect(&url, tls13()).await.is_ok());
 }
