@@ -7,10 +7,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 step() { printf '\n==> %s [%ss]\n' "$*" "$SECONDS"; }
+# quietly LOG COMMAND...: runs a slow, chatty command with its output in LOG, printing a line
+# every 10 s so the run never looks stuck; if it fails, prints the end of LOG and stops.
+quietly() {
+  local log=$1; shift
+  local start=$SECONDS
+  "$@" >"$log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if (( (SECONDS - start) % 10 == 0 )) && kill -0 "$pid" 2>/dev/null; then
+      echo "  ... still at it after $((SECONDS - start)) s (output: $log)"
+    fi
+  done
+  if ! wait "$pid"; then
+    echo "failed after $((SECONDS - start)) s; the end of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+  echo "  done in $((SECONDS - start)) s (output: $log)"
+}
 
 step "build the concord binary and the load generator (release)"
 cargo build --release --locked -p concord-server -p concord-loadtest
 export CONCORD_BIN="$root/target/release/concord"
+# The server must build with the same features alone (`cargo run --release`) and with the load
+# generator (just above), or this step rebuilds about 70 crates after the README's first command.
+bash tests/feature-parity.sh
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -21,15 +44,19 @@ else
 fi
 
 # Debian packages the tests need: openssl (the Node TLS test makes its certificates with it) and
-# chromium (the browser tests).
+# chromium (the browser tests). apt is chatty (and warns that debconf has no terminal to ask
+# questions on, which is harmless here), so its output goes to a log, and a line every 10 s shows
+# it is still working.
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ -z "${CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${need[*]}"
+  step "install Debian packages: ${need[*]} (about 30 s, only the first time)"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  mkdir -p "$root/target/test-logs"
+  quietly "$root/target/test-logs/apt.log" \
+    $sudo env DEBIAN_FRONTEND=noninteractive sh -c \
+    "apt-get update -q && apt-get install -y -q ${need[*]}"
 fi
 
 step "real Yjs client tests (Node)"

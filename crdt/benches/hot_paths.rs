@@ -9,7 +9,7 @@
 //! - `load`: `DocState::load` from a snapshot plus a 1,000-entry log tail (the default compaction
 //!   threshold), what a room does before it serves a document.
 //!
-//! The edits are real: the automerge-paper trace (`shared/data/editing-traces`) replayed into a
+//! The edits are real: the automerge-paper trace (`datasets/editing-traces/`) replayed into a
 //! yrs client document, one transaction and one update per keystroke. Per-edit paths use its first
 //! 5,000 edits; compaction and load also run on the whole paper (259,778 edits). Without the trace
 //! the benchmarks are skipped with a message.
@@ -33,7 +33,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 
 const TRACE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/editing-traces/sequential/automerge-paper.json.gz"
+    "/../datasets/editing-traces/sequential/automerge-paper.json.gz"
 );
 /// Edits used for the per-message paths.
 const EDITS: usize = 5_000;

@@ -1,4 +1,4 @@
-//! Real editing traces (`../shared/data/editing-traces`, gzipped JSON) replayed by editors.
+//! Real editing traces (gzipped JSON, e.g. `datasets/editing-traces/`) replayed by editors.
 //!
 //! A sequential trace is one agent whose every transaction depends on the previous one. A
 //! concurrent trace has several agents; each transaction was made on the version holding exactly
@@ -289,6 +289,40 @@ mod tests {
             }
             rounds += 1;
             assert!(rounds < 10, "the replay made no progress");
+        }
+        let doc = Doc::with_options(trace_doc_options());
+        {
+            let mut txn = doc.transact_mut();
+            for p in &replay.produced {
+                let (_, bytes) = p.get().unwrap();
+                txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
+            }
+        }
+        let txn = doc.transact();
+        let text = txn.get_text(crate::editor::TEXT).unwrap().get_string(&txn);
+        assert_eq!(text, script.end_content);
+    }
+
+    /// The concurrent trace of the load-test measurements (docs/measurements.md) is in the repository, and its
+    /// three agents replay it to the text it ends with.
+    #[test]
+    fn the_bundled_concurrent_trace_replays_to_its_end_content() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../datasets/editing-traces/concurrent/clownschool.json.gz");
+        let script = Arc::new(Script::load(&path).unwrap());
+        assert_eq!(script.agents(), 3);
+        assert_eq!(script.txns.len(), 23_136);
+        let replay = Replay::new(script.clone());
+        let mut agents: Vec<Agent> = (0..script.agents())
+            .map(|a| Agent::new(replay.clone(), a))
+            .collect();
+        let mut rounds = 0;
+        while !replay.finished() {
+            for agent in &mut agents {
+                while agent.next(|_| true).is_some() {}
+            }
+            rounds += 1;
+            assert!(rounds < 100_000, "the replay made no progress");
         }
         let doc = Doc::with_options(trace_doc_options());
         {

@@ -30,7 +30,7 @@
 //! minute of it turning the trace into updates: a yrs client finds each edit's position by
 //! walking the text). Each benchmark is ten runs, one per sample; criterion's "unable to complete
 //! 10 samples" warning for the slower ones is expected. Without the trace
-//! (`shared/data/editing-traces`) it prints why and measures nothing.
+//! (`datasets/editing-traces/`, in the repository) it prints why and measures nothing.
 
 #[path = "../../crdt/benches/common/trace_file.rs"]
 mod trace_file;
@@ -60,7 +60,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TRACE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/editing-traces/sequential/automerge-paper.json.gz"
+    "/../datasets/editing-traces/sequential/automerge-paper.json.gz"
 );
 /// The `Y.Text` root the edits go to (the load generator's name).
 const TEXT: &str = "t";

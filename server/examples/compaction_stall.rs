@@ -1,6 +1,6 @@
 //! Measures how long the SQLite store's writer is busy compacting a large document, which is how
 //! much longer than `--commit-delay` an update relayed under `--durability async` can wait for its
-//! commit (the README's Durability section quotes it).
+//! commit (docs/durability.md quotes it).
 //!
 //! For each round: a document gets a log tail, then its compaction with a snapshot of `MB`
 //! megabytes is queued, and an update of another document right behind it. The update's commit

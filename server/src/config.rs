@@ -35,7 +35,7 @@ pub enum Command {
     /// the server runs; its status shows the peer until it restarts.
     ForgetPeer(ForgetPeerArgs),
     /// Mint a client token (HS256 JWT) from the shared --auth-secret and print it, for scripts
-    /// and tests. Apps mint their own with any JWT library (see the README's "Access control").
+    /// and tests. Apps mint their own with any JWT library (see docs/access-control.md).
     Token(TokenArgs),
 }
 
@@ -137,7 +137,7 @@ pub struct ServeArgs {
     pub durability: Durability,
 
     /// With --durability async: how long the writer gathers updates into one commit (the loss
-    /// window is this, plus the fsync, plus any write in progress; see the README's Durability).
+    /// window is this, plus the fsync, plus any write in progress; see docs/durability.md).
     #[arg(long, env = "CONCORD_COMMIT_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub commit_delay: Duration,
 
@@ -191,7 +191,7 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
-/// Who may read and write which document (see the README's "Access control").
+/// Who may read and write which document (see docs/access-control.md).
 #[derive(Debug, Clone, Default, Args)]
 pub struct AuthArgs {
     /// Verify client tokens (JWT, HS256) with this shared secret. The app's backend signs tokens

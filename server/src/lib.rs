@@ -248,7 +248,7 @@ fn check_exposure(
         anyhow::bail!(
             "refusing to listen on {addr} without authentication: anyone who can reach it could \
              read and overwrite every document. Set --auth-secret, --auth-public-key or \
-             --auth-url (see the README's \"Access control\"), listen on a loopback address \
+             --auth-url (see docs/access-control.md), listen on a loopback address \
              (127.0.0.1), or pass --allow-anonymous if this network is trusted"
         );
     }

@@ -77,8 +77,8 @@ test('a refused provider (401) backs off instead of hammering', async () => {
   assert.equal(c.provider.wsconnected, false)
 })
 
-test("the README's Node snippet mints a token Concord accepts", async () => {
-  // As in the README's "Tokens", with the `jsonwebtoken` package.
+test("the docs' Node snippet mints a token Concord accepts", async () => {
+  // As in docs/access-control.md, "Tokens", with the `jsonwebtoken` package.
   const { default: jwt } = await import('jsonwebtoken')
   process.env.CONCORD_AUTH_SECRET = SECRET
   const token = jwt.sign(

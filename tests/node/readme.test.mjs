@@ -1,19 +1,21 @@
-// The README's Node snippets, run as written against a live server, so they cannot rot: every
-// fenced block tagged `js node` is saved as a module next to this file (so its imports resolve
-// from these node_modules), with the README's address replaced by the test server's, and run
-// with Node. A snippet that makes a provider must get it synced.
+// The Node snippets of README.md and docs/*.md, run as written against a live server, so they
+// cannot rot: every fenced block tagged `js node` is saved as a module next to this file (so its
+// imports resolve from these node_modules), with the docs' address replaced by the test
+// server's, and run with Node. A snippet that makes a provider must get it synced.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { readFileSync, writeFileSync, rmSync } from 'node:fs'
+import { readFileSync, readdirSync, writeFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { startServer } from './concord.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const readme = readFileSync(path.join(here, '../../README.md'), 'utf8')
-const snippets = [...readme.matchAll(/```js node\n([\s\S]*?)```/g)].map((m) => m[1])
+const root = path.join(here, '../..')
+const pages = ['README.md', ...readdirSync(path.join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)]
+const snippets = pages.flatMap((page) =>
+  [...readFileSync(path.join(root, page), 'utf8').matchAll(/```js node\n([\s\S]*?)```/g)].map((m) => ({ page, code: m[1] })))
 
 // Runs after the snippet, in the same module: waits for its provider (if it made one) to sync.
 const epilogue = `
@@ -41,12 +43,13 @@ before(async () => {
 })
 after(async () => { await Promise.all([server.stop(), guarded.stop()]) })
 
-test('the README has Node snippets to run', () => {
+test('the README and the docs have Node snippets to run', () => {
+  assert.ok(snippets.some((s) => s.page === 'README.md'), 'none in README.md')
   assert.ok(snippets.length >= 2, `found ${snippets.length}`)
 })
 
-for (const [i, code] of snippets.entries()) {
-  test(`README Node snippet ${i + 1} runs as written`, async () => {
+for (const [i, { page, code }] of snippets.entries()) {
+  test(`Node snippet ${i + 1} (${page}) runs as written`, async () => {
     const file = path.join(here, `.readme-snippet-${i + 1}.mjs`)
     const source = code.replaceAll('ws://127.0.0.1:8080/ws', server.wsUrl)
     writeFileSync(file, source + epilogue)

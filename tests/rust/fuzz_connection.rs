@@ -1,4 +1,4 @@
-//! Random frames through a real socket, each one labelled by construction with what the README
+//! Random frames through a real socket, each one labelled by construction with what docs/api.md
 //! ("Limits and close codes") promises for it: a valid frame is served (the connection stays open,
 //! its Step1 is answered and its updates are applied), and garbage always closes its own
 //! connection with the documented code (1002 malformed: bad varint, length past the end, unknown

@@ -1,4 +1,4 @@
-//! Reading a sequential editing trace (`shared/data/editing-traces/sequential/*.json.gz`), shared
+//! Reading a sequential editing trace (`datasets/editing-traces/sequential/*.json.gz`), shared
 //! by the benchmarks of both crates (`#[path]`-included: benches cannot depend on each other).
 
 use std::io::Read;
