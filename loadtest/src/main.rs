@@ -415,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
         write_secs,
         buckets: stats.buckets(),
         measured: first_second..last_second,
+        written: first_second - args.warmup.as_secs()..last_second,
         convergence: converged_after,
         docs_equal,
         region_checked,

@@ -1,0 +1,211 @@
+//! report.html: one self-contained page (inline CSS and SVG, no scripts, nothing fetched) with the
+//! summary table and the charts, so a run's report can be mailed or opened offline as one file.
+//!
+//! Each chart is a `<figure>` with a stable id (`hist-local`, `hist-cross`, `local-p99`,
+//! `cross-p99`, `sent`, `delivered`), which the browser test uses to find it.
+
+use std::fmt::Write as _;
+
+use super::bins::Binned;
+use plotters::style::RGBColor;
+
+use super::Report;
+use super::charts::{self, COLORS, ChartError, fmt_ms};
+use super::timeline::{self, Point};
+
+pub fn render(r: &Report) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Concord load test {}</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}\
+         figure{{margin:1em 0}}figcaption{{font-weight:600;margin-bottom:4px}}figure p{{margin:4px 0;color:#555}}\
+         svg{{border:1px solid #ddd;max-width:100%;height:auto}}.ok{{color:#070}}.bad{{color:#b00}}</style></head><body>",
+        esc(&r.date)
+    );
+    let _ = write!(
+        h,
+        "<h1>Concord load test</h1><p>{} · {} editors on {} documents · writing {:.1} s{}</p><p><code>{}</code></p>",
+        esc(&r.date),
+        r.editors,
+        r.docs,
+        r.write_secs,
+        r.trace
+            .as_ref()
+            .map(|t| format!(" · trace {}", esc(t)))
+            .unwrap_or_default(),
+        esc(&r.args)
+    );
+    let ok = r.identical_percent == 100.0;
+    let _ = write!(
+        h,
+        "<p class={}>Convergence: {} · identical: {}/{} documents ({:.0}%) · errors {} · reconnects {}</p>",
+        if ok { "ok" } else { "bad" },
+        r.convergence_ms
+            .map(|m| format!("{m:.0} ms after the writes stopped"))
+            .unwrap_or("not reached".into()),
+        r.docs_identical,
+        r.docs,
+        r.identical_percent,
+        r.errors,
+        r.reconnects
+    );
+    summary_table(&mut h, r);
+
+    h.push_str("<h2>Latency distribution</h2>");
+    histogram(
+        &mut h,
+        "hist-local",
+        "Local delivery latency (echo and same region), all regions",
+        &r.histogram_local,
+        COLORS[0],
+    );
+    histogram(
+        &mut h,
+        "hist-cross",
+        "Cross-region delivery latency, all regions",
+        &r.histogram_cross,
+        COLORS[1],
+    );
+
+    let names: Vec<String> = r.regions.iter().map(|x| x.name.clone()).collect();
+    let seconds = r.timeline_seconds.clone();
+    let warmup = r.measured_seconds.start.saturating_sub(seconds.start);
+    let over_time = |h: &mut String, id, title, y_desc, value: &dyn Fn(&Point) -> Option<f64>| {
+        let s = timeline::series(&r.timeline, &names, value);
+        figure(h, id, title, charts::lines(&s, seconds.clone(), y_desc), "");
+    };
+    h.push_str("<h2>Latency over time</h2>");
+    let _ = write!(
+        h,
+        "<p>One point per region for each whole second of writing ({} s){}. A second in which a \
+         region received no delivery of a kind has no point.</p>",
+        seconds.end.saturating_sub(seconds.start),
+        if warmup > 0 {
+            format!("; the first {warmup} s are the warm-up, left out of the summary")
+        } else {
+            String::new()
+        }
+    );
+    over_time(
+        &mut h,
+        "local-p99",
+        "Local delivery p99 per second, by region",
+        "p99 latency (ms)",
+        &timeline::local_p99,
+    );
+    over_time(
+        &mut h,
+        "cross-p99",
+        "Cross-region delivery p99 per second, by receiving region",
+        "p99 latency (ms)",
+        &timeline::cross_p99,
+    );
+    h.push_str("<h2>Throughput over time</h2>");
+    over_time(
+        &mut h,
+        "sent",
+        "Updates sent per second, by region",
+        "updates / s",
+        &|p| Some(p.sent as f64),
+    );
+    over_time(
+        &mut h,
+        "delivered",
+        "Deliveries received per second, by region",
+        "deliveries / s",
+        &|p| Some(p.delivered as f64),
+    );
+    h.push_str("</body></html>");
+    h
+}
+
+fn summary_table(h: &mut String, r: &Report) {
+    h.push_str("<h2>Summary</h2><table><tr><th>region<th>updates/s<th>deliveries/s<th>echo p99<th>local p50<th>local p90<th>local p99<th>local max<th>cross p50<th>cross p90<th>cross p99<th>cross max<th>server CPU (cores)<th>server RSS (MiB)</tr>");
+    for x in r.regions.iter().chain(std::iter::once(&r.all)) {
+        let _ = write!(
+            h,
+            "<tr><td>{}<td>{:.0}<td>{:.0}<td>{:.2}<td>{:.2}<td>{:.2}<td>{:.2}<td>{:.1}<td>{:.2}<td>{:.2}<td>{:.2}<td>{:.1}<td>{}<td>{}</tr>",
+            esc(&x.name),
+            x.updates_per_sec,
+            x.deliveries_per_sec,
+            x.echo.p99_ms,
+            x.local.p50_ms,
+            x.local.p90_ms,
+            x.local.p99_ms,
+            x.local.max_ms,
+            x.cross.p50_ms,
+            x.cross.p90_ms,
+            x.cross.p99_ms,
+            x.cross.max_ms,
+            x.server_cpu_cores
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or("-".into()),
+            x.server_rss_kib
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or("-".into())
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><p>Load generator: {:.2} cores, {} MiB RSS.</p>",
+        r.generator_cpu_cores,
+        r.generator_rss_kib
+            .map(|k| (k / 1024).to_string())
+            .unwrap_or("-".into())
+    );
+}
+
+fn histogram(h: &mut String, id: &str, title: &str, b: &Binned, color: RGBColor) {
+    let mut note = String::new();
+    if let (Some(first), Some(last)) = (b.bins.first(), b.bins.last()) {
+        let _ = write!(
+            note,
+            "{} deliveries in bins of {} ms",
+            b.total(),
+            fmt_ms(first.to_ms - first.from_ms)
+        );
+        if b.open_tail {
+            let _ = write!(
+                note,
+                "; the grey last bin also holds the slowest deliveries (above {} ms, up to {} ms)",
+                fmt_ms(last.to_ms),
+                fmt_ms(b.max_ms)
+            );
+        }
+        note.push('.');
+    }
+    figure(
+        h,
+        id,
+        title,
+        charts::histogram(b, "latency (ms)", color),
+        &note,
+    );
+}
+
+/// A chart with its title and note; an empty chart (no samples) or a failed one says so instead.
+fn figure(h: &mut String, id: &str, title: &str, svg: Result<String, ChartError>, note: &str) {
+    let body = match svg {
+        Ok(s) if s.is_empty() => "<p>No samples.</p>".to_string(),
+        Ok(s) => s,
+        Err(e) => format!("<p class=bad>{}</p>", esc(&e.to_string())),
+    };
+    let note = if note.is_empty() {
+        String::new()
+    } else {
+        format!("<p>{}</p>", esc(note))
+    };
+    let _ = write!(
+        h,
+        "<figure id={id}><figcaption>{}</figcaption>{body}{note}</figure>",
+        esc(title)
+    );
+}
+
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
