@@ -7,7 +7,7 @@
 # server/Cargo.toml (see the num-traits note there). Usage: bash tests/feature-parity.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tree() { cargo tree --locked --offline -e normal,build --prefix none -f '{p} [{f}]' --target all "$@" | sort -u; }
+tree() { cargo tree --locked --offline -e normal,build --prefix none -f '{p} [{f}]' "$@" | sort -u; }
 alone=$(mktemp); together=$(mktemp); trap 'rm -f "$alone" "$together"' EXIT
 tree -p concord-server >"$alone"
 tree -p concord-server -p concord-loadtest >"$together"
