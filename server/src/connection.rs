@@ -5,6 +5,10 @@
 //! reader on a bad frame, the room on a full queue, the server on shutdown, the writer on a dead
 //! socket) records a close code and cancels the token; the writer sends that close frame.
 //!
+//! When the reader stops because the WebSocket framing itself failed (a message over the size
+//! limit, a malformed frame), the client may still be sending: after the close frame, the rest
+//! is read and discarded below the framing ([`crate::linger`]), so the close code reaches it.
+//!
 //! The reader also enforces the connection's [`Grant`]: a read-only client's updates are
 //! dropped here, before the room sees them (so they are never applied, stored or relayed), and
 //! a connection whose token expires is closed with 1008 at its `exp`.
@@ -14,19 +18,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use axum::extract::ws::close_code;
 use bytes::Bytes;
 use concord_crdt::{ClientMessage, DocName, decode_frame, encode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::auth::{Access, Grant};
 use crate::control::Control;
+use crate::linger::{self, DRAIN_MAX_BYTES};
 use crate::registry::JoinError;
 use crate::room::RoomMsg;
+use crate::upgrade::ClientSocket;
 
 /// Identifies a connection within the process.
 pub type ConnId = u64;
@@ -89,7 +97,13 @@ impl ClientHandle {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Grant, app: Arc<App>) {
+pub async fn serve(
+    socket: ClientSocket,
+    doc: DocName,
+    peer: SocketAddr,
+    grant: Grant,
+    app: Arc<App>,
+) {
     let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
     app.connections.fetch_add(1, Ordering::Relaxed);
     let control = Arc::new(Control::new(app.shutdown.child_token()));
@@ -114,6 +128,7 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Gra
     // Held until the writer is done: the writer must end through `control` (which carries the
     // close code), never because the room or a failed join dropped the last sender first.
     let _keep_queue_open = client.clone();
+    let mut framing_failed = false;
     match app.registry.join(&doc, client).await {
         Ok(room) => {
             let reader = Reader {
@@ -125,7 +140,7 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Gra
                 grant: &grant,
                 out: &_keep_queue_open,
             };
-            reader.run(&mut stream).await;
+            framing_failed = reader.run(&mut stream).await == ReadEnd::FramingFailed;
             // Tell the room even when the reader ended because the room is gone: harmless.
             let _ = room.send(RoomMsg::Leave { id }).await;
         }
@@ -141,22 +156,39 @@ pub async fn serve(socket: WebSocket, doc: DocName, peer: SocketAddr, grant: Gra
         }
     }
     control.token().cancel();
-    let close_sent = writer.await.unwrap_or(false);
+    let (close_sent, sink) = match writer.await {
+        Ok((sent, sink)) => (sent, Some(sink)),
+        Err(_) => (false, None),
+    };
     // The close frame is out. Read until the client answers it, so the socket is not torn down
     // with unread data (the kernel would then reset it and the client would lose the close code).
     // A client that could not even take the close frame is let go at once.
-    if close_sent {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
+    match sink {
+        Some(sink) if close_sent && framing_failed => {
+            // The framing gave up (it ends the stream at its first error), so the bytes still
+            // arriving, most often the rest of an oversized message, are read raw.
+            if let Ok(socket) = stream.reunite(sink) {
+                let (ended, bytes) =
+                    linger::discard(&mut socket.into_inner(), DRAIN_MAX_BYTES, CLOSE_LINGER).await;
+                debug!(%doc, %peer, id, ?ended, bytes, "discarded what arrived after the close frame");
+            }
+        }
+        Some(_) if close_sent => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(_)) = stream.next().await {}
+            })
+            .await;
+        }
+        _ => {}
     }
     app.connections.fetch_sub(1, Ordering::Relaxed);
     debug!(%doc, %peer, id, "disconnected");
 }
 
-/// How long a closing connection waits for the client's close reply.
-const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for the client's close reply, or, when its framing
+/// failed, keeps discarding what the client still sends ([`linger`]): the most a refused client
+/// holds its connection slot after the close frame went out.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// The reading half of one connection, and what it needs to know.
 struct Reader<'a> {
@@ -170,8 +202,18 @@ struct Reader<'a> {
     out: &'a ClientHandle,
 }
 
+/// Why the reader stopped.
+#[derive(PartialEq, Eq)]
+enum ReadEnd {
+    /// The connection is ending for another reason; the WebSocket stream still works.
+    Other,
+    /// The WebSocket stream failed (oversized or malformed frame, socket error) and yields
+    /// nothing more.
+    FramingFailed,
+}
+
 impl Reader<'_> {
-    async fn run(&self, stream: &mut SplitStream<WebSocket>) {
+    async fn run(&self, stream: &mut SplitStream<ClientSocket>) -> ReadEnd {
         let (doc, peer, control) = (self.doc, self.peer, self.control);
         // One waiter for the whole connection, not one registered per frame.
         let cancelled = control.token().cancelled();
@@ -181,40 +223,40 @@ impl Reader<'_> {
         let mut denied_once = false;
         loop {
             let msg = tokio::select! {
-                _ = &mut cancelled => return,
+                _ = &mut cancelled => return ReadEnd::Other,
                 _ = &mut expiry => {
                     info!(%doc, %peer, sub = self.grant.sub.as_deref().unwrap_or(""), "token expired; closing with 1008");
                     control.close(close_code::POLICY, "token expired");
-                    return;
+                    return ReadEnd::Other;
                 }
                 msg = stream.next() => msg,
             };
             control.seen();
             let frame = match msg {
-                None => return,
+                None => return ReadEnd::Other,
                 Some(Ok(Message::Close(frame))) => {
                     // Answer with the client's own code (RFC 6455 §5.5.1), so a normal close is
                     // seen as one: the writer sends it as the closing frame.
-                    let code = frame.map_or(close_code::NORMAL, |f| f.code);
+                    let code = frame.map_or(close_code::NORMAL, |f| f.code.into());
                     control.close(code, "");
-                    return;
+                    return ReadEnd::Other;
                 }
                 Some(Ok(Message::Binary(frame))) => frame,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Text(_))) => {
                     warn!(%doc, %peer, "text frame refused; closing with 1003");
                     control.close(
                         close_code::UNSUPPORTED,
                         "text frames are not part of the y-websocket protocol",
                     );
-                    return;
+                    return ReadEnd::Other;
                 }
                 Some(Err(e)) => {
-                    if let Some(limit) = message_too_long(e) {
+                    if let Some(limit) = message_too_long(&e) {
                         warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
                         control.close(close_code::SIZE, limit);
                     }
-                    return;
+                    return ReadEnd::FramingFailed;
                 }
             };
             let mut msgs = match decode_frame(&frame) {
@@ -222,7 +264,7 @@ impl Reader<'_> {
                 Err(e) => {
                     warn!(%doc, %peer, error = %e, code = e.close_code(), "malformed frame; closing the connection");
                     control.close(e.close_code(), e.to_string());
-                    return;
+                    return ReadEnd::Other;
                 }
             };
             if self.grant.access < Access::Write && drop_writes(&mut msgs) && !denied_once {
@@ -238,7 +280,7 @@ impl Reader<'_> {
                 .await
                 .is_err()
             {
-                return;
+                return ReadEnd::Other;
             }
         }
     }
@@ -287,11 +329,10 @@ async fn sleep_until_expiry(at: Option<SystemTime>) {
 }
 
 /// `Some(description)` when the read failed because a message exceeded the configured maximum.
-fn message_too_long(e: axum::Error) -> Option<String> {
+fn message_too_long(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
-    let inner = e.into_inner();
-    match inner.downcast_ref::<Error>() {
-        Some(Error::Capacity(CapacityError::MessageTooLong { size, max_size })) => Some(format!(
+    match e {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some(format!(
             "message of {size} bytes exceeds the limit of {max_size} bytes"
         )),
         _ => None,
@@ -304,12 +345,12 @@ const WRITE_BATCH: usize = 64;
 
 /// Sends the close frame `control` recorded (1001 if none: the server is stopping). Returns
 /// whether it went out.
-async fn send_close(sink: &mut SplitSink<WebSocket, Message>, control: &Control) -> bool {
+async fn send_close(sink: &mut SplitSink<ClientSocket, Message>, control: &Control) -> bool {
     let (code, reason) = control
         .reason()
         .unwrap_or((close_code::AWAY, "server is shutting down".into()));
     let frame = CloseFrame {
-        code,
+        code: code.into(),
         reason: reason.into(),
     };
     // A dead or slow peer may never take the close frame; do not wait on it long.
@@ -328,12 +369,14 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, control: &Control)
 /// How long a close frame may take to leave: a client that stopped reading never takes it.
 const CLOSE_SEND: Duration = Duration::from_secs(2);
 
+/// Returns whether the close frame went out, and the sink (to put the socket back together for
+/// a lingering close).
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<ClientSocket, Message>,
     mut rx: mpsc::Receiver<Bytes>,
     control: Arc<Control>,
     ping_interval: Duration,
-) -> bool {
+) -> (bool, SplitSink<ClientSocket, Message>) {
     let half = ping_interval / 2;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,9 +388,9 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
-            _ = &mut cancelled => return send_close(&mut sink, &control).await,
+            _ = &mut cancelled => return (send_close(&mut sink, &control).await, sink),
             frame = rx.recv() => {
-                let Some(frame) = frame else { return false };
+                let Some(frame) = frame else { return (false, sink) };
                 // A client that stopped reading blocks the write once the kernel buffer is full.
                 // Race it against the end of the connection, so a dropped client (room queue
                 // full, shutdown, dead) is let go at once instead of when TCP gives up.
@@ -366,7 +409,7 @@ async fn write_loop(
                 if !written {
                     control.token().cancel();
                     // Try the close frame anyway: it goes out if the socket drains in time.
-                    return send_close(&mut sink, &control).await;
+                    return (send_close(&mut sink, &control).await, sink);
                 }
                 sent_data = true;
             }
@@ -375,7 +418,7 @@ async fn write_loop(
                 if ticks.is_multiple_of(2) && control.silent_for() > ping_interval * 2 {
                     info!("no answer for {:?}; closing dead connection", control.silent_for());
                     control.token().cancel();
-                    return false;
+                    return (false, sink);
                 }
                 let keepalive = (!sent_data).then(|| Message::Binary(Bytes::from_static(&encode::KEEPALIVE)));
                 let ping = ticks.is_multiple_of(2).then(|| Message::Ping(Bytes::new()));
@@ -387,7 +430,7 @@ async fn write_loop(
                     };
                     if !sent {
                         control.token().cancel();
-                        return send_close(&mut sink, &control).await;
+                        return (send_close(&mut sink, &control).await, sink);
                     }
                 }
             }

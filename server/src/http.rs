@@ -24,6 +24,7 @@ use axum::routing::get;
 use concord_crdt::{DocName, DocState};
 use serde::Deserialize;
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::{debug, warn};
 
@@ -31,6 +32,7 @@ use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::replication::socket::bridge;
 use crate::room::{ReadKind, RoomMsg};
 use crate::tls::Transport;
+use crate::upgrade::Upgrade;
 use crate::{App, connection, replication};
 
 pub fn router(app: Arc<App>) -> Router {
@@ -281,7 +283,7 @@ async fn websocket(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let doc = match DocName::parse_with_limit(&doc, app.config.max_doc_name) {
         Ok(doc) => doc,
@@ -301,17 +303,18 @@ async fn websocket(
         Err(refused) => return refused,
     };
     let limit = app.config.max_message_size;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // Small buffers: most connections are idle most of the time, and tungstenite grows the
         // read buffer as large messages require.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            let tasks = app.tasks.clone();
-            tasks.track_future(async move {
-                connection::serve(socket, doc, peer, grant, app).await;
-                drop(permit);
-            })
+        .write_buffer_size(0);
+    ws.on_upgrade(config, move |socket| {
+        let tasks = app.tasks.clone();
+        tasks.track_future(async move {
+            connection::serve(socket, doc, peer, grant, app).await;
+            drop(permit);
         })
+    })
 }

@@ -32,6 +32,7 @@ pub mod delay_proxy;
 pub mod demo;
 pub mod http;
 pub mod limits;
+pub mod linger;
 pub mod listen;
 pub mod memory;
 pub mod node_id;
@@ -40,6 +41,7 @@ pub mod replication;
 pub mod room;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
