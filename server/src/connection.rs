@@ -255,7 +255,13 @@ impl Reader<'_> {
                     if let Some(limit) = message_too_long(&e) {
                         warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
                         control.close(close_code::SIZE, limit);
+                    } else if let tokio_tungstenite::tungstenite::Error::Protocol(why) = &e {
+                        // A frame RFC 6455 forbids (unmasked, a reserved bit or opcode, a
+                        // fragmented control frame): as malformed as a bad Yjs frame.
+                        warn!(%doc, %peer, error = %why, code = close_code::PROTOCOL, "malformed WebSocket frame; closing the connection");
+                        control.close(close_code::PROTOCOL, why.to_string());
                     }
+                    // Otherwise the socket itself failed: no close frame can reach the client.
                     return ReadEnd::FramingFailed;
                 }
             };

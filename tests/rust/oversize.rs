@@ -129,3 +129,35 @@ async fn a_client_that_never_stops_sending_is_let_go_within_the_time_bound() {
         "held for {held:?} after the close frame"
     );
 }
+
+/// A frame the WebSocket layer itself refuses (here an unmasked one, which RFC 6455 forbids from
+/// a client) closes with 1002, the documented code for a malformed frame, and says why, rather
+/// than with the 1001 "server is shutting down" a connection gets when nothing recorded a reason.
+#[tokio::test]
+async fn a_frame_the_websocket_layer_refuses_is_closed_with_1002() {
+    let server = Server::start(&[]).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws/unmasked HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(tcp.read_u8().await.expect("upgrade response"));
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"));
+    // A binary frame of 3 bytes without a mask: a Step1 with an empty state vector.
+    tcp.write_all(&[0x82, 0x03, 0x00, 0x00, 0x00])
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(WAIT, read_close_code(&mut tcp))
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1002);
+    server
+        .wait_logged(&["WARN", "1002", "unmasked"], 1, WAIT)
+        .await
+        .expect("the refusal is logged with the reason");
+}
