@@ -25,7 +25,7 @@ use concord_crdt::{DocName, DocState};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tower_http::cors::{Any, CorsLayer};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::replication::socket::bridge;
@@ -167,11 +167,15 @@ async fn peer(
     };
     // Messages arrive cut into frames and are put back together by the bridge (which holds
     // them to `PEER_MAX_MESSAGE`).
+    let span = tracing::Span::current();
     ws.max_message_size(replication::socket::MAX_FRAME)
         .max_frame_size(replication::socket::MAX_FRAME)
         .on_upgrade(move |socket| {
+            // axum runs this in a task of its own: it enters the node's span again.
+            let _node = span.enter();
             let sock = bridge(socket, hub.shutdown.child_token());
             replication::link::accept(hub, sock, remote, slot, transport.binding().to_vec())
+                .instrument(span.clone())
         })
 }
 
@@ -301,6 +305,7 @@ async fn websocket(
         Err(refused) => return refused,
     };
     let limit = app.config.max_message_size;
+    let span = tracing::Span::current();
     ws.max_message_size(limit)
         .max_frame_size(limit)
         // Small buffers: most connections are idle most of the time, and tungstenite grows the
@@ -309,9 +314,13 @@ async fn websocket(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tasks = app.tasks.clone();
-            tasks.track_future(async move {
-                connection::serve(socket, doc, peer, grant, app).await;
-                drop(permit);
-            })
+            tasks.track_future(
+                async move {
+                    connection::serve(socket, doc, peer, grant, app).await;
+                    drop(permit);
+                }
+                // axum runs this in a task of its own: it carries the node's span over.
+                .instrument(span),
+            )
         })
 }
