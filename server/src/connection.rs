@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::App;
 use crate::auth::{Access, Grant};
@@ -109,12 +109,9 @@ pub async fn serve(
     let control = Arc::new(Control::new(app.shutdown.child_token()));
     let (out_tx, out_rx) = mpsc::channel(app.config.send_queue);
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        control.clone(),
-        app.config.ping_interval,
-    ));
+    let writer = tokio::spawn(
+        write_loop(sink, out_rx, control.clone(), app.config.ping_interval).in_current_span(),
+    );
     control.seen();
     debug!(%doc, %peer, id, "connected");
 

@@ -10,6 +10,7 @@ use clap::Args;
 use futures_util::future::try_join_all;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::config::ServeArgs;
 use crate::delay_proxy::DelayProxy;
@@ -60,8 +61,12 @@ pub async fn run(
     let mut proxies = Vec::new();
     let mut peers = vec![Vec::new(); n];
     for (i, dialer) in peers.iter_mut().enumerate() {
-        for target in &addrs[i + 1..] {
+        for (j, target) in addrs.iter().enumerate().skip(i + 1) {
             let p = DelayProxy::start("127.0.0.1:0".parse()?, *target, args.latency).await?;
+            // The region dials its peer at the proxy's port: say once which region that is.
+            crate::node_span(&args.regions[i]).in_scope(|| {
+                info!(peer_region = %args.regions[j], proxy = %p.addr, latency = ?args.latency, "peer dialed through a delay proxy");
+            });
             dialer.push(format!("http://{}", p.addr));
             proxies.push(p);
         }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::cors::{Any, CorsLayer};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::replication::socket::bridge;
@@ -169,11 +169,15 @@ async fn peer(
     };
     // Messages arrive cut into frames and are put back together by the bridge (which holds
     // them to `PEER_MAX_MESSAGE`).
+    let span = tracing::Span::current();
     ws.max_message_size(replication::socket::MAX_FRAME)
         .max_frame_size(replication::socket::MAX_FRAME)
         .on_upgrade(move |socket| {
+            // axum runs this in a task of its own: it enters the node's span again.
+            let _node = span.enter();
             let sock = bridge(socket, hub.shutdown.child_token());
             replication::link::accept(hub, sock, remote, slot, transport.binding().to_vec())
+                .instrument(span.clone())
         })
 }
 

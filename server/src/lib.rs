@@ -51,7 +51,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::ServeArgs;
 use crate::registry::Registry;
@@ -96,6 +96,22 @@ pub async fn serve(
 
 /// Serves on an already bound listener (tests bind port 0 and read the address first).
 pub async fn serve_on(
+    listener: TcpListener,
+    config: ServeArgs,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let span = node_span(&config.region);
+    serve_node(listener, config, stop).instrument(span).await
+}
+
+/// The span every log line of a node carries (`node{region=eu}`), so the regions of
+/// `concord demo`, which share one process, can be told apart. Tasks the node spawns enter it
+/// too (`in_current_span`). Error level, so a filter as strict as `warn` still keeps the region.
+pub fn node_span(region: &str) -> tracing::Span {
+    tracing::error_span!("node", region = %region)
+}
+
+async fn serve_node(
     listener: TcpListener,
     config: ServeArgs,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -173,7 +189,7 @@ pub async fn serve_on(
         gate,
         admission,
     });
-    tokio::spawn(memory::trim_task(shutdown.clone()));
+    tokio::spawn(memory::trim_task(shutdown.clone()).in_current_span());
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
     info!(
         "web demo: {}",
@@ -181,11 +197,14 @@ pub async fn serve_on(
     );
 
     let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        stop.await;
-        info!("shutting down: closing connections");
-        trigger.cancel();
-    });
+    tokio::spawn(
+        async move {
+            stop.await;
+            info!("shutting down: closing connections");
+            trigger.cancel();
+        }
+        .in_current_span(),
+    );
 
     let handshake_timeout = app.config.limits.handshake_timeout;
     let router = http::router(app.clone());

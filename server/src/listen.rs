@@ -36,7 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use crate::tls::Transport;
 
@@ -110,10 +110,13 @@ pub async fn serve(
             warn!("could not set TCP_NODELAY: {e}");
         }
         let serving = serving.clone();
-        connections.spawn(async move {
-            serving.connection(tcp, remote).await;
-            drop(place);
-        });
+        connections.spawn(
+            async move {
+                serving.connection(tcp, remote).await;
+                drop(place);
+            }
+            .in_current_span(),
+        );
     }
     drop(listener);
     connections.close();

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::ServeArgs;
 use crate::connection::ClientHandle;
@@ -49,6 +50,8 @@ pub struct Registry {
     pub shutdown: CancellationToken,
     /// Tracks room tasks so shutdown can wait for them to finish writing.
     pub tasks: TaskTracker,
+    /// The node's span (its region), which every room's log lines carry, whoever started it.
+    span: tracing::Span,
 }
 
 /// How many times a join retries when it races with its room's eviction.
@@ -64,6 +67,7 @@ impl Registry {
             replication: OnceLock::new(),
             shutdown,
             tasks: TaskTracker::new(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -87,13 +91,10 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.tasks.spawn(Room::run(
-            name.clone(),
-            generation,
-            self.clone(),
-            tx.downgrade(),
-            rx,
-        ));
+        self.tasks.spawn(
+            Room::run(name.clone(), generation, self.clone(), tx.downgrade(), rx)
+                .instrument(self.span.clone()),
+        );
         RoomHandle { tx, generation }
     }
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 /// A client's upgraded socket: WebSocket framing over the raw byte stream, which
 /// [`WebSocketStream::into_inner`] gives back.
@@ -91,16 +91,22 @@ impl Upgrade {
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    serve(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
+        // The connection's task runs under the node's span (`node{region=..}`); so does this one.
+        tokio::spawn(
+            async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let io = TokioIo::new(upgraded);
+                        serve(
+                            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
+                        )
                         .await
+                    }
+                    Err(e) => debug!(error = %e, "WebSocket upgrade failed"),
                 }
-                Err(e) => debug!(error = %e, "WebSocket upgrade failed"),
             }
-        });
+            .in_current_span(),
+        );
         (
             StatusCode::SWITCHING_PROTOCOLS,
             [

@@ -54,6 +54,8 @@ pub struct Server {
     args: Vec<String>,
     /// The `RUST_LOG` filter it runs with (kept across restarts).
     rust_log: String,
+    /// The subcommand it runs: `serve`, or `demo` (several regions in one process).
+    command: &'static str,
     /// With `--auth-secret S` among its arguments: an admin token for every document, minted
     /// from S, which [`Server::http_url`] adds to every URL (status, reads).
     pub admin_token: Option<String>,
@@ -71,6 +73,7 @@ impl Server {
     /// Starts a server on `data_dir` (to restart on the same data).
     pub async fn start_in(data_dir: &Path, args: &[&str]) -> Server {
         Server::spawn(
+            "serve",
             data_dir,
             args.iter().map(|s| s.to_string()).collect(),
             None,
@@ -79,15 +82,31 @@ impl Server {
         .await
     }
 
+    /// Starts `concord demo` with a fresh temporary data dir; `addr` is one of its regions (the
+    /// first to log where it listens), and the log holds every region's lines.
+    pub async fn start_demo(args: &[&str]) -> Server {
+        let tmp = Arc::new(tempfile::tempdir().unwrap());
+        let args = args.iter().map(|s| s.to_string()).collect();
+        Server::spawn("demo", tmp.path(), args, Some(tmp.clone()), default_log()).await
+    }
+
     /// Starts a server with a fresh temporary data dir, logging with the `RUST_LOG` filter
     /// `filter` (e.g. `concord_server=debug`, for tests that prove an event by its debug line).
     pub async fn start_logging(filter: &str, args: &[&str]) -> Server {
         let tmp = Arc::new(tempfile::tempdir().unwrap());
         let args = args.iter().map(|s| s.to_string()).collect();
-        Server::spawn(tmp.path(), args, Some(tmp.clone()), filter.to_string()).await
+        Server::spawn(
+            "serve",
+            tmp.path(),
+            args,
+            Some(tmp.clone()),
+            filter.to_string(),
+        )
+        .await
     }
 
     async fn spawn(
+        command: &'static str,
         data_dir: &Path,
         args: Vec<String>,
         tmp: Option<Arc<tempfile::TempDir>>,
@@ -95,7 +114,7 @@ impl Server {
     ) -> Server {
         let listen = args.iter().any(|a| a == "--listen");
         let mut cmd = Command::new(concord_bin());
-        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        cmd.arg(command).arg("--data-dir").arg(data_dir);
         if !listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -138,6 +157,7 @@ impl Server {
             admin_token: admin_token(&args),
             args,
             rust_log,
+            command,
         }
     }
 
@@ -145,6 +165,7 @@ impl Server {
     pub async fn restart(&mut self) {
         let _ = self.child.kill().await;
         let next = Server::spawn(
+            self.command,
             &self.data_dir,
             self.args.clone(),
             self._tmp.clone(),
@@ -193,6 +214,15 @@ impl Server {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("server did not exit within 30 s of SIGTERM")
+            .unwrap()
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit status.
+    pub async fn sigint(&mut self) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server did not exit within 30 s of SIGINT")
             .unwrap()
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::Replication;
 use super::socket::bridge;
@@ -52,6 +52,10 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
             }
         }
         let outcome = attempt(&hub, &url, &endpoint).await;
+        if hub.shutdown.is_cancelled() {
+            // Whatever the attempt met, it was this node stopping.
+            return;
+        }
         let wait = backoff.after(outcome.as_ref().ok().copied());
         match outcome {
             Ok(up) if up >= STABLE_LINK => failures = 0,
@@ -59,11 +63,13 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
             Err(e) => {
                 failures += 1;
                 hub.set_dial(&url, |d| d.last_error = Some(e.clone()));
+                // Named by region once a handshake told us who is there; until then by its URL.
+                let _peer = known_peer(&hub, &url).entered();
                 // The first failure and then every tenth are worth a warning; the rest is noise.
                 if failures == 1 || failures.is_multiple_of(10) {
-                    warn!(peer = %url, error = %e, failures, "cannot reach peer; retrying");
+                    warn!(%url, error = %e, failures, "cannot reach peer; retrying");
                 } else {
-                    debug!(peer = %url, error = %e, "cannot reach peer");
+                    debug!(%url, error = %e, "cannot reach peer");
                 }
             }
         }
@@ -73,6 +79,19 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
             _ = tokio::time::sleep(jittered) => {}
         }
     }
+}
+
+/// The span of the peer dialed at `url`, once it is known who answers there.
+fn known_peer(hub: &Replication, url: &str) -> tracing::Span {
+    let Some(id) = hub.dials.get(url).and_then(|d| d.node_id.clone()) else {
+        return tracing::Span::none();
+    };
+    let region = hub.stats(&id).region.lock().unwrap().clone();
+    super::link::peer_span(&super::auth::Identity {
+        node_id: id,
+        region,
+        url: url.to_string(),
+    })
 }
 
 /// The redial policy, free of I/O: how long to wait (before jitter) after each attempt. It
@@ -132,7 +151,10 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
     hub.remember(&peer, Some(url));
     let me = hub.me.node_id.clone();
     let up = std::time::Instant::now();
-    super::link::run(hub.clone(), sock, peer, me).await;
+    let span = super::link::peer_span(&peer);
+    super::link::run(hub.clone(), sock, peer, me)
+        .instrument(span)
+        .await;
     Ok(up.elapsed())
 }
 

@@ -25,10 +25,10 @@ use concord_crdt::{DocName, IncomingUpdate, NodeId, PeerMessage};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::auth::Identity;
-use super::socket::PeerSocket;
+use super::socket::{PeerSocket, SHUTTING_DOWN};
 use super::{LinkHandle, PeerStats, Replication, now_ms};
 use crate::room::RoomMsg;
 use crate::store::{Seq, SharedStore, StoreError};
@@ -42,7 +42,12 @@ const ACK_QUEUE: usize = 8192;
 /// How long a peer has, once authenticated, to say where to resume.
 pub const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs an authenticated link until it ends.
+/// The span a link's log lines carry: the peer by region and node id.
+pub fn peer_span(peer: &Identity) -> tracing::Span {
+    tracing::error_span!("peer", peer_region = %peer.region, peer = %peer.node_id)
+}
+
+/// Runs an authenticated link until it ends (in the span of [`peer_span`]).
 pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, dialer: NodeId) {
     let link = LinkHandle {
         peer: peer.node_id.clone(),
@@ -126,20 +131,24 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     };
     let snapshots = start.needs_snapshots(complete);
     stats.acked.store(cursor, Ordering::Relaxed);
-    info!(peer = %peer.node_id, region = %peer.region, url = %peer.url, resume_after = cursor, snapshots, claim = ?their_claim, "peer link up");
+    info!(url = %peer.url, resume_after = cursor, snapshots, claim = ?their_claim, "peer link up");
 
     let (acked_tx, acked_rx) = watch::channel(cursor);
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-    let sender = tokio::spawn(super::stream::stream_log(
-        hub.clone(),
-        link.clone(),
-        stats.clone(),
-        cursor,
-        snapshots,
-        acked_rx,
-    ));
-    let acker = tokio::spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs));
-    let offer = tokio::spawn(offer_live_docs(hub.clone(), link.clone()));
+    let sender = tokio::spawn(
+        super::stream::stream_log(
+            hub.clone(),
+            link.clone(),
+            stats.clone(),
+            cursor,
+            snapshots,
+            acked_rx,
+        )
+        .in_current_span(),
+    );
+    let acker =
+        tokio::spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span());
+    let offer = tokio::spawn(offer_live_docs(hub.clone(), link.clone()).in_current_span());
 
     let mut persisted = (cursor, Instant::now());
     loop {
@@ -259,12 +268,19 @@ async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &
     hub.unregister(link);
     if !hub.is_linked(&peer.node_id) {
         stats.connected.store(false, Ordering::Relaxed);
-        let why = link
-            .control
-            .reason()
-            .map(|(_, r)| r)
-            .unwrap_or_else(|| "connection lost".into());
-        warn!(peer = %peer.node_id, region = %peer.region, reason = %why, "peer link down; local clients are still served, updates for this peer wait in the log");
+        let reason = link.control.reason();
+        if hub.shutdown.is_cancelled() {
+            // Our own shutdown ends every link: expected, not a warning.
+            info!("peer link closed: this node is shutting down");
+        } else if reason
+            .as_ref()
+            .is_some_and(|(code, r)| *code == 1001 && r == SHUTTING_DOWN)
+        {
+            info!("peer link closed: the peer is shutting down; updates for it wait in the log");
+        } else {
+            let why = reason.map_or_else(|| "connection lost".into(), |(_, r)| r);
+            warn!(reason = %why, "peer link down; local clients are still served, updates for this peer wait in the log");
+        }
     }
 }
 
@@ -437,7 +453,10 @@ pub async fn accept(
     match authenticated {
         Ok(peer) => {
             hub.remember(&peer, None);
-            run(hub, sock, peer.clone(), peer.node_id).await
+            let span = peer_span(&peer);
+            run(hub, sock, peer.clone(), peer.node_id)
+                .instrument(span)
+                .await
         }
         Err(e) => {
             warn!(%remote, error = %e, "peer link refused");

@@ -43,7 +43,7 @@ use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::control::Control;
 use crate::registry::Registry;
@@ -181,7 +181,7 @@ impl Replication {
     pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
         let _ = self.registry.set(Arc::downgrade(registry));
         for url in &self.configured {
-            tokio::spawn(dial::dial_forever(self.clone(), url.clone()));
+            tokio::spawn(dial::dial_forever(self.clone(), url.clone()).in_current_span());
         }
         if !self.configured.is_empty() {
             info!(node = %self.me.node_id, region = %self.me.region, peers = ?self.configured, "replicating");
@@ -238,11 +238,14 @@ impl Replication {
         };
         let store = self.store.clone();
         let id = peer.node_id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.remember_peer(&id, info).await {
-                debug!(peer = %id, error = %e, "could not record the peer");
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.remember_peer(&id, info).await {
+                    debug!(peer = %id, error = %e, "could not record the peer");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     pub fn registry(&self) -> Option<Arc<Registry>> {

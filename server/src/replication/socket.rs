@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::control::Control;
 pub use chunk::{CHUNK, MAX_FRAME};
@@ -36,6 +36,9 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(8);
 const WRITE_STALL: Duration = Duration::from_secs(60);
 /// Messages buffered each way.
 const QUEUE: usize = 1024;
+/// The reason of the close frame (code 1001, going away) a node sends its peers when it shuts
+/// down; a peer that receives it knows the link did not fail.
+pub const SHUTTING_DOWN: &str = "node shutting down";
 
 /// One side of a peer link, as channels.
 pub struct PeerSocket {
@@ -49,7 +52,8 @@ pub enum Incoming {
     Data(Bytes),
     /// Ping, pong, or text (peers never send text): nothing to deliver.
     Ignored,
-    Close,
+    /// The peer's close frame: its code and reason, if it gave them.
+    Close(Option<(u16, String)>),
 }
 
 /// The WebSocket message types both libraries have, reduced to what a peer link needs.
@@ -76,7 +80,7 @@ impl WsMessage for axum::extract::ws::Message {
     fn kind(self) -> Incoming {
         match self {
             Self::Binary(b) => Incoming::Data(b),
-            Self::Close(_) => Incoming::Close,
+            Self::Close(f) => Incoming::Close(f.map(|f| (f.code, f.reason.to_string()))),
             _ => Incoming::Ignored,
         }
     }
@@ -99,7 +103,7 @@ impl WsMessage for tokio_tungstenite::tungstenite::Message {
     fn kind(self) -> Incoming {
         match self {
             Self::Binary(b) => Incoming::Data(b),
-            Self::Close(_) => Incoming::Close,
+            Self::Close(f) => Incoming::Close(f.map(|f| (f.code.into(), f.reason.to_string()))),
             _ => Incoming::Ignored,
         }
     }
@@ -129,8 +133,8 @@ where
     let (sink, stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(QUEUE);
-    tokio::spawn(read_frames(stream, in_tx, control.clone(), max_message));
-    tokio::spawn(write_frames(sink, out_rx, control.clone()));
+    tokio::spawn(read_frames(stream, in_tx, control.clone(), max_message).in_current_span());
+    tokio::spawn(write_frames(sink, out_rx, control.clone()).in_current_span());
     PeerSocket {
         outgoing: out_tx,
         incoming: in_rx,
@@ -179,6 +183,11 @@ async fn read_frames<S, M, E>(
                 }
             },
             Some(Ok(Incoming::Ignored)) => {}
+            // What the peer said is why the link ends (and the close frame answered to it).
+            Some(Ok(Incoming::Close(Some((code, reason))))) => {
+                c.close(code, reason);
+                return;
+            }
             _ => {
                 c.token().cancel();
                 return;
@@ -245,7 +254,7 @@ where
             }
         }
     }
-    let (code, reason) = c.reason().unwrap_or((1001, "node shutting down".into()));
+    let (code, reason) = c.reason().unwrap_or((1001, SHUTTING_DOWN.into()));
     // What was queued before the close goes first: a handshake's last message (`Welcome`) is
     // often queued right before a duplicate link is closed, and the dialer must get it to learn
     // who it reached.

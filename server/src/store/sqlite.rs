@@ -201,9 +201,11 @@ impl SqliteStore {
             feed: feed.clone(),
             last_gc: Instant::now(),
         };
+        // The store's threads log in the span of the node that opened it (its region).
+        let span = tracing::Span::current();
         let handle = std::thread::Builder::new()
             .name("concord-store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || span.in_scope(|| writer.run(rx)))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         let checkpointer = spawn_checkpointer(&path)?;
         info!(path = %path.display(), last_seq, "store opened");
@@ -579,9 +581,11 @@ fn spawn_checkpointer(
     conn.busy_timeout(Duration::from_secs(1))?;
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let span = tracing::Span::current();
     let handle = std::thread::Builder::new()
         .name("concord-store-checkpoint".into())
         .spawn(move || {
+            let _node = span.enter();
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(CHECKPOINT_PERIOD)
             {

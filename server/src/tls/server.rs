@@ -13,7 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::TlsError;
 
@@ -125,15 +125,18 @@ fn on_sighup(stop: CancellationToken, then: impl Fn() + Send + 'static) {
             return;
         }
     };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                then();
             }
-            then();
         }
-    });
+        .in_current_span(),
+    );
 }
 
 #[cfg(not(unix))]
