@@ -163,3 +163,35 @@ async fn a_peer_killed_is_still_a_warning_on_its_survivor() {
     .await
     .expect("eu did not warn that its link to us went down");
 }
+
+/// A newcomer's first `cargo run --release` says what it did and where to go, and nothing else:
+/// a fresh store's first open is no migration to report.
+#[tokio::test]
+async fn a_fresh_server_starts_with_a_short_quiet_log() {
+    let mut server = Server::start(&[]).await;
+    server
+        .wait_logged(&["web demo: http://"], 1, WAIT)
+        .await
+        .expect("the demo's URL is logged");
+    assert!(server.sigint().await.success());
+    server
+        .wait_logged(&["stopped"], 1, WAIT)
+        .await
+        .expect("the stop is logged");
+    let lines = log_lines(&server);
+    let expected = [
+        "generated a node id",
+        "store opened",
+        "listening",
+        "web demo: http://",
+        "shutting down",
+        "store closed",
+        "stopped",
+    ];
+    let unexpected: Vec<&String> = lines
+        .iter()
+        .filter(|l| !expected.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected lines: {unexpected:#?}");
+    assert!(warnings(&server).is_empty());
+}

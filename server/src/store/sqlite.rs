@@ -696,10 +696,18 @@ fn add_checksum_columns(conn: &Connection) -> Result<(), StoreError> {
             .exists([column])?;
         if !has {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
-            info!(
-                table,
-                column, "added checksum column; rows stored before have none"
-            );
+            // Worth telling only for a database that has rows from before: a new one gets the
+            // column on its first open too, which is no news.
+            let older_rows: bool =
+                conn.query_row(&format!("SELECT EXISTS(SELECT 1 FROM {table})"), [], |r| {
+                    r.get(0)
+                })?;
+            if older_rows {
+                info!(
+                    table,
+                    column, "added checksum column; rows stored before have none"
+                );
+            }
         }
     }
     // A binary from before checksums (run after a downgrade) rewrites a snapshot without its
