@@ -249,16 +249,18 @@ impl Reader<'_> {
                     return ReadEnd::Other;
                 }
                 Some(Err(e)) => {
-                    if let Some(limit) = message_too_long(&e) {
-                        warn!(%doc, %peer, %limit, "message over the size limit; closing with 1009");
-                        control.close(close_code::SIZE, limit);
-                    } else if let tokio_tungstenite::tungstenite::Error::Protocol(why) = &e {
-                        // A frame RFC 6455 forbids (unmasked, a reserved bit or opcode, a
-                        // fragmented control frame): as malformed as a bad Yjs frame.
-                        warn!(%doc, %peer, error = %why, code = close_code::PROTOCOL, "malformed WebSocket frame; closing the connection");
-                        control.close(close_code::PROTOCOL, why.to_string());
+                    let Some((code, why)) = refused_frame(&e) else {
+                        // The client went away without a close frame (a closed tab, a lost
+                        // network) or the socket failed: an ordinary disconnect.
+                        debug!(%doc, %peer, error = %e, "connection lost");
+                        return ReadEnd::Other;
+                    };
+                    if code == close_code::SIZE {
+                        warn!(%doc, %peer, limit = %why, "message over the size limit; closing with 1009");
+                    } else {
+                        warn!(%doc, %peer, error = %why, code, "malformed WebSocket frame; closing the connection");
                     }
-                    // Otherwise the socket itself failed: no close frame can reach the client.
+                    control.close(code, why);
                     return ReadEnd::FramingFailed;
                 }
             };
@@ -331,13 +333,30 @@ async fn sleep_until_expiry(at: Option<SystemTime>) {
     }
 }
 
-/// `Some(description)` when the read failed because a message exceeded the configured maximum.
-fn message_too_long(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
-    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+/// The close code and reason for a read the WebSocket layer refused because of what the client
+/// sent: a message over the size limit (1009), a frame RFC 6455 forbids (1002), a text frame
+/// that is not UTF-8 (1007). `None` for a connection that ended or failed (a reset, an I/O
+/// error), which no close frame can reach and which is not the client's fault.
+fn refused_frame(e: &tokio_tungstenite::tungstenite::Error) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error, ProtocolError as P};
     match e {
-        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some(format!(
-            "message of {size} bytes exceeds the limit of {max_size} bytes"
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            close_code::SIZE,
+            format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
         )),
+        Error::Protocol(
+            p @ (P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence),
+        ) => Some((close_code::PROTOCOL, p.to_string())),
+        Error::Utf8(_) => Some((close_code::INVALID, "text frame is not valid UTF-8".into())),
         _ => None,
     }
 }

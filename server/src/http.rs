@@ -175,7 +175,7 @@ async fn peer(
         .on_upgrade(move |socket| {
             // axum runs this in a task of its own: it enters the node's span again.
             let _node = span.enter();
-            let sock = bridge(socket, hub.shutdown.child_token());
+            let sock = bridge(socket, hub.shutdown.child_token(), &hub.sockets);
             replication::link::accept(hub, sock, remote, slot, transport.binding().to_vec())
                 .instrument(span.clone())
         })

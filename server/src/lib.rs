@@ -226,6 +226,14 @@ async fn serve_node(
     {
         warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
+    // Peer links send their close frames (`node shutting down`) within 2 s each.
+    app.replication.sockets.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.replication.sockets.wait())
+        .await
+        .is_err()
+    {
+        warn!("some peer links did not close within {SHUTDOWN_GRACE:?}");
+    }
     // Rooms finish their writes in flight, then the store commits what is queued and closes.
     registry.tasks.close();
     registry.tasks.wait().await;

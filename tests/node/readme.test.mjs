@@ -26,8 +26,16 @@ if (typeof provider !== 'undefined') {
     if (provider.synced) done(true)
     provider.on('sync', done)
   })
-  await new Promise((resolve) => setTimeout(resolve, 200)) // let its first edit leave
+  // Let its first edit leave: wait until the socket has handed everything to the kernel, then
+  // close it and wait for the close to complete, so exiting loses nothing.
+  const deadline = Date.now() + 10000
+  while (provider.ws && provider.ws.bufferedAmount > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  const ws = provider.ws
+  const closed = ws ? new Promise((resolve) => ws.addEventListener('close', resolve)) : null
   provider.destroy()
+  if (closed) await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 10000))])
 }
 if (typeof token !== 'undefined') console.log('TOKEN ' + token)
 process.exit(0)
@@ -69,8 +77,17 @@ for (const [i, { page, code }] of snippets.entries()) {
       rmSync(file, { force: true })
     }
     if (source.includes('hello from Node')) {
-      const res = await fetch(`${server.httpUrl}/api/docs/team/notes/text/notes`)
-      assert.equal(await res.text(), 'hello from Node\n')
+      // The server has it (stored before it was answered; polled, since the snippet's socket
+      // may close before the server has read the last frame).
+      const deadline = Date.now() + 10000
+      let text
+      while (Date.now() < deadline) {
+        const res = await fetch(`${server.httpUrl}/api/docs/team/notes/text/notes`)
+        text = await res.text()
+        if (text === 'hello from Node\n') break
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+      assert.equal(text, 'hello from Node\n')
     }
   })
 }

@@ -161,3 +161,61 @@ async fn a_frame_the_websocket_layer_refuses_is_closed_with_1002() {
         .await
         .expect("the refusal is logged with the reason");
 }
+
+/// A client that goes away without a close frame (a killed tab, a lost network) is an ordinary
+/// disconnect: nothing malformed was sent, so nothing is logged as a refusal.
+#[tokio::test]
+async fn a_client_that_drops_its_socket_is_not_a_refusal() {
+    let server = Server::start(&[]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("dropped"))
+        .await
+        .expect("websocket connect");
+    // Wait for the server's Step1, so the connection is fully served before it drops.
+    let first = tokio::time::timeout(WAIT, ws.next()).await.expect("step1");
+    assert!(matches!(first, Some(Ok(Message::Binary(_)))));
+    drop(ws); // TCP closed, no close frame
+    // Wait until the server has let the connection go.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = concord_tests::http_get(&server.http_url("/api/status")).await;
+        assert_eq!(status, 200);
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if status["connections"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the connection was never let go");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !server.logged(&["WARN"]),
+        "a plain disconnect was logged as a warning: {:#?}",
+        server.log.lock().unwrap()
+    );
+}
+
+/// A text frame that is not even UTF-8 is refused as invalid data (1007), not mistaken for a
+/// shutdown (1001).
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
+    let server = Server::start(&[]).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws/not-utf8 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(tcp.read_u8().await.expect("upgrade response"));
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"));
+    // A masked text frame (an all-zero mask) holding the byte 0xff.
+    tcp.write_all(&[0x81, 0x81, 0, 0, 0, 0, 0xff])
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(WAIT, read_close_code(&mut tcp))
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1007);
+}

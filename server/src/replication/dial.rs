@@ -136,7 +136,7 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
         .await
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    let mut sock = bridge(dialed.ws, hub.shutdown.child_token());
+    let mut sock = bridge(dialed.ws, hub.shutdown.child_token(), &hub.sockets);
     let peer = match super::auth::dial(&mut sock, &hub.me, &secret, &dialed.binding).await {
         Ok(peer) => peer,
         Err(e) => {

@@ -43,6 +43,7 @@ use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::control::Control;
@@ -142,6 +143,9 @@ pub struct Replication {
     handshakes: Arc<tokio::sync::Semaphore>,
     pub store: SharedStore,
     pub shutdown: CancellationToken,
+    /// The peer sockets' reader and writer tasks: shutdown waits for them (bounded), so every
+    /// peer gets its `node shutting down` close frame before the process ends.
+    pub sockets: TaskTracker,
     next_link: AtomicU64,
 }
 
@@ -173,6 +177,7 @@ impl Replication {
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             store,
             shutdown,
+            sockets: TaskTracker::new(),
             next_link: AtomicU64::new(1),
         })
     }

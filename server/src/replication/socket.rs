@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, warn};
 
 use crate::control::Control;
@@ -113,28 +114,39 @@ impl WsMessage for tokio_tungstenite::tungstenite::Message {
 /// peer closes, the socket fails, the peer sends a malformed frame, or the link goes silent.
 /// One message may be up to [`super::PEER_MAX_MESSAGE`] bytes, before authentication too: an
 /// unauthenticated socket can make us buffer that much (see [`super::MAX_PENDING_HANDSHAKES`]).
-pub fn bridge<W, M, E>(ws: W, stop: CancellationToken) -> PeerSocket
+///
+/// `stop` is cancelled when the node shuts down, and only then: the close frame then says
+/// [`SHUTTING_DOWN`], so the peer knows the link did not fail. Both tasks run on `tasks`, which
+/// shutdown waits for (bounded), so that frame goes out before the process ends.
+pub fn bridge<W, M, E>(ws: W, stop: CancellationToken, tasks: &TaskTracker) -> PeerSocket
 where
     W: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin + 'static,
     M: WsMessage,
     E: Send + 'static,
 {
-    bridge_with_limit(ws, stop, super::PEER_MAX_MESSAGE)
+    bridge_with_limit(ws, stop, tasks, super::PEER_MAX_MESSAGE)
 }
 
-fn bridge_with_limit<W, M, E>(ws: W, stop: CancellationToken, max_message: usize) -> PeerSocket
+fn bridge_with_limit<W, M, E>(
+    ws: W,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+    max_message: usize,
+) -> PeerSocket
 where
     W: Stream<Item = Result<M, E>> + Sink<M> + Send + Unpin + 'static,
     M: WsMessage,
     E: Send + 'static,
 {
-    let control = Arc::new(Control::new(stop));
+    // The link's own token, so that a link ending for its own reasons is told apart from the
+    // node's shutdown.
+    let control = Arc::new(Control::new(stop.child_token()));
     control.seen();
     let (sink, stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(QUEUE);
-    tokio::spawn(read_frames(stream, in_tx, control.clone(), max_message).in_current_span());
-    tokio::spawn(write_frames(sink, out_rx, control.clone()).in_current_span());
+    tasks.spawn(read_frames(stream, in_tx, control.clone(), max_message).in_current_span());
+    tasks.spawn(write_frames(sink, out_rx, control.clone(), stop).in_current_span());
     PeerSocket {
         outgoing: out_tx,
         incoming: in_rx,
@@ -198,8 +210,12 @@ async fn read_frames<S, M, E>(
 
 /// Writes queued messages as frames, with pings in between, until the link ends; then sends what
 /// was queued before the end, and the close frame.
-async fn write_frames<K, M>(mut sink: K, mut outgoing: mpsc::Receiver<Bytes>, c: Arc<Control>)
-where
+async fn write_frames<K, M>(
+    mut sink: K,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    c: Arc<Control>,
+    node_stop: CancellationToken,
+) where
     K: Sink<M> + Unpin,
     M: WsMessage,
 {
@@ -254,7 +270,15 @@ where
             }
         }
     }
-    let (code, reason) = c.reason().unwrap_or((1001, SHUTTING_DOWN.into()));
+    // Every link-level end records its reason; one that did not (the socket failed, or the
+    // peer closed without a code) is not a shutdown, and must not look like one to the peer.
+    let (code, reason) = c.reason().unwrap_or_else(|| {
+        if node_stop.is_cancelled() {
+            (1001, SHUTTING_DOWN.into())
+        } else {
+            (1011, "peer link ended".into())
+        }
+    });
     // What was queued before the close goes first: a handshake's last message (`Welcome`) is
     // often queued right before a duplicate link is closed, and the dialer must get it to learn
     // who it reached.
@@ -340,8 +364,8 @@ mod tests {
     async fn a_large_message_on_a_slow_link_keeps_the_link_up() {
         let shaping = Arc::new(Shaping::limited(100_000));
         let (a, b) = link(&shaping).await;
-        let a = bridge(a, CancellationToken::new());
-        let mut b = bridge(b, CancellationToken::new());
+        let a = bridge(a, CancellationToken::new(), &TaskTracker::new());
+        let mut b = bridge(b, CancellationToken::new(), &TaskTracker::new());
         let big = message(8 << 20);
         let started = Instant::now();
         a.outgoing.send(big.clone()).await.unwrap();
@@ -363,8 +387,8 @@ mod tests {
     async fn a_silent_link_is_found_dead_even_while_a_write_is_blocked() {
         let shaping = Arc::new(Shaping::limited(0));
         let (a, b) = link(&shaping).await;
-        let a = bridge(a, CancellationToken::new());
-        let mut b = bridge(b, CancellationToken::new());
+        let a = bridge(a, CancellationToken::new(), &TaskTracker::new());
+        let mut b = bridge(b, CancellationToken::new(), &TaskTracker::new());
         a.outgoing.send(Bytes::from_static(b"hello")).await.unwrap();
         assert_eq!(b.incoming.recv().await.unwrap(), "hello");
 
@@ -388,7 +412,7 @@ mod tests {
         // Directly connected: the (unbounded) pipe would take in everything.
         let (a, b) = tokio::io::duplex(SOCKET_BUFFER);
         let (a, b) = (ws(a, Role::Client).await, ws(b, Role::Server).await);
-        let a = bridge(a, CancellationToken::new());
+        let a = bridge(a, CancellationToken::new(), &TaskTracker::new());
         let (mut b_sink, _b_stream_never_read) = b.split();
         tokio::spawn(async move {
             loop {
@@ -408,11 +432,40 @@ mod tests {
     }
 
     /// Frames that cannot make a message end the link with a protocol error.
+    /// The close frame says `node shutting down` when the node stops, and only then: a link
+    /// that ends for its own reasons without recording one must not look like a planned stop
+    /// to the peer (which logs that at info rather than as a failure).
+    #[tokio::test(start_paused = true)]
+    async fn only_a_node_shutdown_tells_the_peer_it_is_shutting_down() {
+        for node_stops in [true, false] {
+            let shaping = Arc::new(Shaping::limited(0));
+            let (a, b) = link(&shaping).await;
+            let stop = CancellationToken::new();
+            let tasks = TaskTracker::new();
+            let a = bridge(a, stop.clone(), &tasks);
+            let b = bridge(b, CancellationToken::new(), &TaskTracker::new());
+            if node_stops {
+                stop.cancel();
+            } else {
+                a.control.token().cancel();
+            }
+            b.control.token().cancelled().await;
+            let (code, reason) = b.control.reason().expect("b got a close frame");
+            if node_stops {
+                assert_eq!((code, reason.as_str()), (1001, SHUTTING_DOWN));
+            } else {
+                assert_ne!(reason, SHUTTING_DOWN, "code {code}");
+            }
+            tasks.close();
+            tasks.wait().await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_malformed_frame_closes_the_link() {
         let shaping = Arc::new(Shaping::limited(0));
         let (mut a, b) = link(&shaping).await;
-        let b = bridge_with_limit(b, CancellationToken::new(), 4 * CHUNK);
+        let b = bridge_with_limit(b, CancellationToken::new(), &TaskTracker::new(), 4 * CHUNK);
         // A bare `PeerMessage`, as an older node would send it.
         a.send(WsMessage::binary(Bytes::from_static(b"\x05\x01")))
             .await
@@ -426,8 +479,8 @@ mod tests {
     async fn pieces_beyond_the_limit_close_the_link() {
         let shaping = Arc::new(Shaping::limited(0));
         let (a, b) = link(&shaping).await;
-        let a = bridge(a, CancellationToken::new());
-        let b = bridge_with_limit(b, CancellationToken::new(), 4 * CHUNK);
+        let a = bridge(a, CancellationToken::new(), &TaskTracker::new());
+        let b = bridge_with_limit(b, CancellationToken::new(), &TaskTracker::new(), 4 * CHUNK);
         a.outgoing.send(message(4 * CHUNK + 1)).await.unwrap();
         b.control.token().cancelled().await;
         assert_eq!(b.control.reason().unwrap().0, 1009);
