@@ -57,6 +57,28 @@ async fn a_message_megabytes_over_the_limit_is_closed_with_1009_not_reset() {
         .expect("the refusal is logged with the message's size");
 }
 
+/// The WebSocket handshake by hand, byte by byte, so no frame after it is read into a library's
+/// buffer; returns the upgraded socket, on which the test writes raw frames.
+async fn raw_upgrade(server: &Server, doc: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws/{doc} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(tcp.read_u8().await.expect("upgrade response"));
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    tcp
+}
+
 /// Minimal reader of the server's (unmasked) frames: returns the close code of the first close
 /// frame, skipping the data frames before it.
 async fn read_close_code(r: &mut (impl AsyncReadExt + Unpin)) -> u16 {
@@ -79,23 +101,7 @@ async fn read_close_code(r: &mut (impl AsyncReadExt + Unpin)) -> u16 {
 #[tokio::test]
 async fn a_client_that_never_stops_sending_is_let_go_within_the_time_bound() {
     let server = Server::start(&["--max-message-size", LIMIT]).await;
-    // The handshake by hand, byte by byte, so no frame after it is read into a library's buffer.
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws/endless HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    while !response.ends_with(b"\r\n\r\n") {
-        response.push(tcp.read_u8().await.expect("upgrade response"));
-    }
-    assert!(
-        response.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&response)
-    );
+    let tcp = raw_upgrade(&server, "endless").await;
     let (mut rx, mut tx) = tcp.into_split();
 
     // One binary frame announcing 1 TiB (masked, as a client's must be), then garbage at a pace
@@ -136,18 +142,7 @@ async fn a_client_that_never_stops_sending_is_let_go_within_the_time_bound() {
 #[tokio::test]
 async fn a_frame_the_websocket_layer_refuses_is_closed_with_1002() {
     let server = Server::start(&[]).await;
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws/unmasked HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    while !response.ends_with(b"\r\n\r\n") {
-        response.push(tcp.read_u8().await.expect("upgrade response"));
-    }
-    assert!(response.starts_with(b"HTTP/1.1 101"));
+    let mut tcp = raw_upgrade(&server, "unmasked").await;
     // A binary frame of 3 bytes without a mask: a Step1 with an empty state vector.
     tcp.write_all(&[0x82, 0x03, 0x00, 0x00, 0x00])
         .await
@@ -198,18 +193,7 @@ async fn a_client_that_drops_its_socket_is_not_a_refusal() {
 #[tokio::test]
 async fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
     let server = Server::start(&[]).await;
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws/not-utf8 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    while !response.ends_with(b"\r\n\r\n") {
-        response.push(tcp.read_u8().await.expect("upgrade response"));
-    }
-    assert!(response.starts_with(b"HTTP/1.1 101"));
+    let mut tcp = raw_upgrade(&server, "not-utf8").await;
     // A masked text frame (an all-zero mask) holding the byte 0xff.
     tcp.write_all(&[0x81, 0x81, 0, 0, 0, 0, 0xff])
         .await
