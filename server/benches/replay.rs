@@ -43,10 +43,10 @@ use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::yrs::{Doc, GetString, OffsetKind, Options, Text, Transact, Update};
 use concord_crdt::{DocName, decode_frame, encode};
 use concord_server::config::ServeArgs;
-use concord_server::connection::ClientHandle;
 use concord_server::control::Control;
+use concord_server::handles::ClientHandle;
+use concord_server::handles::{ReadKind, RoomMsg};
 use concord_server::registry::Registry;
-use concord_server::room::{ReadKind, RoomMsg};
 use concord_server::store::SharedStore;
 use concord_server::store::memory::MemoryStore;
 use concord_server::store::sqlite::{SqliteOptions, SqliteStore};
@@ -243,7 +243,12 @@ async fn actor_replay(fx: &Fixture, variant: &Variant) -> Duration {
         ),
     };
     let shutdown = CancellationToken::new();
-    let registry = Registry::new(config, store.clone(), shutdown.clone());
+    let registry = Registry::new(
+        concord_server::room_config(&config),
+        store.clone(),
+        shutdown.clone(),
+        None,
+    );
 
     // The member's queue holds every frame it can be sent, so it is never dropped as too slow:
     // this measures the room, not the slow-client policy (a trace replayed flat out is faster

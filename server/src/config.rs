@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::AuthArgs;
 use crate::store::Durability;
 
 /// Concord: a Yjs WebSocket server (y-websocket protocol) with durable storage.
@@ -28,7 +29,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start three regions on localhost, meshed through links with simulated latency, and print
     /// their URLs: the multi-region demo in one command.
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Forget a peer that is gone for good. The update log keeps every entry a known peer has not
     /// acknowledged, so a decommissioned peer would make it grow forever. If the peer ever comes
     /// back it is treated as new: it gets every document's snapshot, then the log. Works while
@@ -191,45 +192,6 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
-/// Who may read and write which document (see docs/access-control.md).
-#[derive(Debug, Clone, Default, Args)]
-pub struct AuthArgs {
-    /// Verify client tokens (JWT, HS256) with this shared secret. The app's backend signs tokens
-    /// with it; `concord token` mints them from it.
-    #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
-
-    /// Verify client tokens with this public key (PEM: ES256, EdDSA or RS256). Repeatable, for
-    /// key rotation: a token's `kid` picks the key named by the file's stem (`keys/2026-12.pem`
-    /// is kid `2026-12`); a token without `kid` is tried against each.
-    #[arg(long, env = "CONCORD_AUTH_PUBLIC_KEY")]
-    pub auth_public_key: Vec<PathBuf>,
-
-    /// Ask the app's backend instead: POST {doc, token, headers} to this URL for each new
-    /// connection or HTTP call; it answers {"access": "write"|"read"|"none", "user": "..."}.
-    #[arg(long, env = "CONCORD_AUTH_URL")]
-    pub auth_url: Option<String>,
-
-    /// How long an --auth-url answer is reused for the same token and document.
-    #[arg(long, env = "CONCORD_AUTH_CACHE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub auth_cache: Duration,
-
-    /// How long --auth-url may take to answer; a slower answer denies access.
-    #[arg(long, env = "CONCORD_AUTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub auth_timeout: Duration,
-
-    /// Serve without any authentication on a non-loopback address. Every start logs a warning.
-    #[arg(long, env = "CONCORD_ALLOW_ANONYMOUS")]
-    pub allow_anonymous: bool,
-}
-
-impl AuthArgs {
-    /// Whether any way of checking clients is configured.
-    pub fn enabled(&self) -> bool {
-        self.auth_secret.is_some() || !self.auth_public_key.is_empty() || self.auth_url.is_some()
-    }
-}
-
 /// TLS for clients (`--listen`) and for peer links.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TlsArgs {
@@ -316,4 +278,29 @@ fn doc_name_limit(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("must be a number from 1 to {max}")),
     }
+}
+
+/// `concord demo`: regions on localhost behind delay proxies (see [`crate::demo`]).
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// One-way latency added between regions.
+    #[arg(long, env = "CONCORD_DEMO_LATENCY", default_value = "80ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// Address of the first region; the others listen on the next ports (port 0: any free ports).
+    #[arg(long, env = "CONCORD_DEMO_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// Directory for the regions' data (one subdirectory each).
+    #[arg(long, env = "CONCORD_DEMO_DATA_DIR", default_value = "./data/demo")]
+    pub data_dir: PathBuf,
+
+    /// Region names, comma-separated.
+    #[arg(
+        long,
+        env = "CONCORD_DEMO_REGIONS",
+        value_delimiter = ',',
+        default_value = "eu,us,ap"
+    )]
+    pub regions: Vec<String>,
 }

@@ -31,70 +31,9 @@ use tracing::{Instrument, debug, info, warn};
 use crate::App;
 use crate::auth::{Access, Grant};
 use crate::control::Control;
+use crate::handles::{ClientHandle, ConnId, JoinError, RoomMsg};
 use crate::linger::{self, DRAIN_MAX_BYTES};
-use crate::registry::JoinError;
-use crate::room::RoomMsg;
 use crate::upgrade::ClientSocket;
-
-/// Identifies a connection within the process.
-pub type ConnId = u64;
-
-/// Close code for a client whose send queue filled up: "try again later". It reconnects and
-/// resyncs, which costs it one Step2 and costs the room nothing.
-pub const CLOSE_TOO_SLOW: u16 = close_code::AGAIN;
-
-/// What the room holds for each member: where to send, and how to end it.
-#[derive(Clone)]
-pub struct ClientHandle {
-    pub id: ConnId,
-    pub peer: SocketAddr,
-    /// Read-only access: its updates never reach the room (the reader drops them), and it may
-    /// only set its own presence.
-    pub read_only: bool,
-    out: mpsc::Sender<Bytes>,
-    control: Arc<Control>,
-}
-
-/// Why a frame could not be queued for a client.
-pub enum SendError {
-    /// The queue is full: the client is too slow and must be dropped.
-    Full,
-    /// The connection already ended.
-    Closed,
-}
-
-impl ClientHandle {
-    /// Queues one frame without waiting: a room never waits on one of its clients.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
-        self.out.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
-    }
-
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
-        self.control.close(code, reason);
-    }
-
-    /// A member with no socket behind it, for benchmarks and tests that drive a room directly:
-    /// the frames the room sends it arrive on the receiver of `out` (whoever holds it plays the
-    /// writer task), and a close is recorded in `control` (its reason and cancelled token).
-    /// `peer` only appears in logs.
-    pub fn new(
-        id: ConnId,
-        peer: SocketAddr,
-        out: mpsc::Sender<Bytes>,
-        control: Arc<Control>,
-    ) -> Self {
-        ClientHandle {
-            id,
-            peer,
-            read_only: false,
-            out,
-            control,
-        }
-    }
-}
 
 /// Serves one upgraded socket until it closes.
 pub async fn serve(

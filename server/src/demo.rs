@@ -3,41 +3,14 @@
 //! side by side, type in both, go offline in one.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Args;
 use futures_util::future::try_join_all;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::ServeArgs;
+use crate::config::{DemoArgs, ServeArgs};
 use crate::delay_proxy::DelayProxy;
-
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    /// One-way latency added between regions.
-    #[arg(long, env = "CONCORD_DEMO_LATENCY", default_value = "80ms", value_parser = humantime::parse_duration)]
-    pub latency: Duration,
-
-    /// Address of the first region; the others listen on the next ports (port 0: any free ports).
-    #[arg(long, env = "CONCORD_DEMO_LISTEN", default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
-
-    /// Directory for the regions' data (one subdirectory each).
-    #[arg(long, env = "CONCORD_DEMO_DATA_DIR", default_value = "./data/demo")]
-    pub data_dir: PathBuf,
-
-    /// Region names, comma-separated.
-    #[arg(
-        long,
-        env = "CONCORD_DEMO_REGIONS",
-        value_delimiter = ',',
-        default_value = "eu,us,ap"
-    )]
-    pub regions: Vec<String>,
-}
 
 pub async fn run(
     args: DemoArgs,

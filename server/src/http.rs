@@ -29,8 +29,8 @@ use tower_http::cors::{Any, CorsLayer};
 use tracing::{Instrument, debug, warn};
 
 use crate::auth::{Credentials, Grant, Need, Refusal};
+use crate::handles::{ReadKind, RoomMsg};
 use crate::replication::socket::bridge;
-use crate::room::{ReadKind, RoomMsg};
 use crate::tls::Transport;
 use crate::upgrade::Upgrade;
 use crate::{App, connection, replication};
@@ -170,14 +170,22 @@ async fn peer(
     // Messages arrive cut into frames and are put back together by the bridge (which holds
     // them to `PEER_MAX_MESSAGE`).
     let span = tracing::Span::current();
+    let registry = app.registry.clone();
     ws.max_message_size(replication::socket::MAX_FRAME)
         .max_frame_size(replication::socket::MAX_FRAME)
         .on_upgrade(move |socket| {
             // axum runs this in a task of its own: it enters the node's span again.
             let _node = span.enter();
             let sock = bridge(socket, hub.shutdown.child_token(), &hub.sockets);
-            replication::link::accept(hub, sock, remote, slot, transport.binding().to_vec())
-                .instrument(span.clone())
+            replication::link::accept(
+                hub,
+                registry,
+                sock,
+                remote,
+                slot,
+                transport.binding().to_vec(),
+            )
+            .instrument(span.clone())
         })
 }
 

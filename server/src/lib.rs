@@ -30,6 +30,7 @@ pub mod connection;
 pub mod control;
 pub mod delay_proxy;
 pub mod demo;
+pub mod handles;
 pub mod http;
 pub mod limits;
 pub mod linger;
@@ -154,7 +155,6 @@ async fn serve_node(
             ..SqliteOptions::default()
         },
     )?);
-    let registry = Registry::new(config.clone(), store.clone(), shutdown.child_token());
     let me = Identity {
         node_id,
         region: config.region.clone(),
@@ -172,7 +172,12 @@ async fn serve_node(
         shutdown.child_token(),
     );
     replication.recall_peers().await;
-    registry.set_replication(replication.clone());
+    let registry = Registry::new(
+        room_config(&config),
+        store.clone(),
+        shutdown.child_token(),
+        Some(replication.clone()),
+    );
     replication.start(&registry);
     let admission = limits::Admission::new(
         config.limits.max_connections,
@@ -240,6 +245,17 @@ async fn serve_node(
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// The part of the command line rooms use.
+pub fn room_config(config: &ServeArgs) -> room::RoomConfig {
+    room::RoomConfig {
+        evict_after: config.evict_after,
+        durability: config.durability,
+        compact_after_updates: config.compact_after_updates,
+        compact_after_bytes: config.compact_after_bytes,
+        doc_queue: config.doc_queue,
+    }
 }
 
 /// Where a browser on this machine finds the demo page: a wildcard address is shown as loopback.

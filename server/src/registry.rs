@@ -5,8 +5,8 @@
 //! removes itself when it is evicted or fails to load; the generation number makes sure it only
 //! removes itself, never a successor started in the meantime.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use concord_crdt::DocName;
 use dashmap::DashMap;
@@ -15,22 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::ServeArgs;
-use crate::connection::ClientHandle;
-use crate::replication::Replication;
-use crate::room::{Room, RoomMsg};
+use crate::handles::{ClientHandle, JoinError, PeerRelay, RoomMsg};
+use crate::room::{Directory, Room, RoomConfig, RoomEnv};
 use crate::store::SharedStore;
-
-/// Why a connection could not join its document.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum JoinError {
-    /// Loading the document failed; the connection is closed with 1011 and this reason.
-    #[error("document could not be loaded: {0}")]
-    Load(String),
-    /// The server is shutting down.
-    #[error("server is shutting down")]
-    Unavailable,
-}
 
 /// A live room: its inbox, and which incarnation of the document it is.
 #[derive(Clone)]
@@ -42,10 +29,9 @@ pub struct RoomHandle {
 pub struct Registry {
     docs: DashMap<DocName, RoomHandle>,
     next_generation: AtomicU64,
-    pub config: ServeArgs,
+    /// What every room shares: configuration, store, peers, the shutdown signal.
+    env: Arc<RoomEnv>,
     pub store: SharedStore,
-    /// Peer links, once replication is started (rooms announce themselves and relay presence).
-    replication: OnceLock<Arc<Replication>>,
     /// Cancelled when the server stops; rooms flush and exit.
     pub shutdown: CancellationToken,
     /// Tracks room tasks so shutdown can wait for them to finish writing.
@@ -58,13 +44,24 @@ pub struct Registry {
 const JOIN_RETRIES: usize = 8;
 
 impl Registry {
-    pub fn new(config: ServeArgs, store: SharedStore, shutdown: CancellationToken) -> Arc<Self> {
+    /// `peers` is what rooms relay to (the replication hub), or `None` on a node without peers
+    /// and in tests that drive rooms alone.
+    pub fn new(
+        config: RoomConfig,
+        store: SharedStore,
+        shutdown: CancellationToken,
+        peers: Option<Arc<dyn PeerRelay>>,
+    ) -> Arc<Self> {
         Arc::new(Registry {
             docs: DashMap::new(),
             next_generation: AtomicU64::new(1),
-            config,
+            env: Arc::new(RoomEnv {
+                config,
+                store: store.clone(),
+                peers,
+                shutdown: shutdown.clone(),
+            }),
             store,
-            replication: OnceLock::new(),
             shutdown,
             tasks: TaskTracker::new(),
             span: tracing::Span::current(),
@@ -89,11 +86,18 @@ impl Registry {
     }
 
     fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
-        let (tx, rx) = mpsc::channel(self.config.doc_queue);
+        let (tx, rx) = mpsc::channel(self.env.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(
-            Room::run(name.clone(), generation, self.clone(), tx.downgrade(), rx)
-                .instrument(self.span.clone()),
+            Room::run(
+                name.clone(),
+                generation,
+                self.env.clone(),
+                self.clone(),
+                tx.downgrade(),
+                rx,
+            )
+            .instrument(self.span.clone()),
         );
         RoomHandle { tx, generation }
     }
@@ -169,12 +173,9 @@ impl Registry {
             .is_some()
     }
 
-    pub fn set_replication(&self, hub: Arc<Replication>) {
-        let _ = self.replication.set(hub);
-    }
-
-    pub fn replication(&self) -> Option<&Arc<Replication>> {
-        self.replication.get()
+    /// The peer regions rooms relay to, if any.
+    pub fn peers(&self) -> Option<&Arc<dyn PeerRelay>> {
+        self.env.peers.as_ref()
     }
 
     /// The live room of `name`, if any (does not start one).
@@ -197,5 +198,20 @@ impl Registry {
     /// Number of live documents.
     pub fn live(&self) -> usize {
         self.docs.len()
+    }
+}
+
+/// Rooms see the registry only through [`Directory`].
+impl Directory for Registry {
+    fn remove_if_current(&self, name: &DocName, generation: u64) -> bool {
+        Registry::remove_if_current(self, name, generation)
+    }
+
+    fn deliver(
+        self: Arc<Self>,
+        name: DocName,
+        msg: RoomMsg,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), RoomMsg>> {
+        Box::pin(async move { Registry::deliver(&self, &name, msg).await })
     }
 }

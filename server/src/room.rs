@@ -19,7 +19,6 @@ use std::sync::Arc;
 use axum::extract::ws::close_code;
 use bytes::Bytes;
 use concord_crdt::yrs::ClientID;
-use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::sync::awareness::AwarenessUpdate;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{
@@ -30,56 +29,50 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::connection::{CLOSE_TOO_SLOW, ClientHandle, ConnId, SendError};
-use crate::registry::{JoinError, Registry};
-use crate::replication::LinkHandle;
+use crate::handles::{
+    CLOSE_TOO_SLOW, ClientHandle, ConnId, JoinError, LinkHandle, PeerRelay, ReadKind, RoomMsg,
+    SendError,
+};
 use crate::store::{Append, Commit, Durability, LogTail, Seq, SharedStore, StoreError};
 
-/// Messages a room accepts.
-pub enum RoomMsg {
-    /// A connection joins: the room sends it Step1 and the awareness states, then replies.
-    Join {
-        client: ClientHandle,
-        /// Answered with the inbox of the room that took the join: not always the one the
-        /// join was sent to (a room being evicted hands its queued joins to its successor).
-        reply: oneshot::Sender<Result<mpsc::Sender<RoomMsg>, JoinError>>,
-    },
-    /// A connection ended: forget it and broadcast the removal of its awareness states.
-    Leave { id: ConnId },
-    /// The decoded messages of one frame from connection `id`.
-    Frame {
-        id: ConnId,
-        msgs: Vec<ClientMessage>,
-    },
-    /// An update from a peer region. `done` resolves once it is durable here (or brought
-    /// nothing new), which is when the link acknowledges it.
-    Replicated {
-        update: IncomingUpdate,
-        path: Vec<NodeId>,
-        done: Option<oneshot::Sender<()>>,
-    },
-    /// A peer's state vector for this document: answer with what it lacks.
-    PeerSync { link: LinkHandle, sv: StateVector },
-    /// A link to a peer came up: our state vector (encoded), for it to answer with what we lack.
-    StateVector { reply: oneshot::Sender<Vec<u8>> },
-    /// Presence relayed from a peer region.
-    PeerAwareness {
-        path: Vec<NodeId>,
-        update: AwarenessUpdate,
-    },
-    /// A read for the HTTP API, answered with committed state only.
-    Read {
-        kind: ReadKind,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
+/// What a room needs of the server's configuration (the registry hands it to every room, as the
+/// store has its `SqliteOptions`), instead of the whole command line.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// How long a room stays live after its last member leaves (`--evict-after`).
+    pub evict_after: std::time::Duration,
+    /// Whether broadcasts wait for the commit (`--durability`).
+    pub durability: Durability,
+    /// Compaction thresholds (`--compact-after-updates`, `--compact-after-bytes`).
+    pub compact_after_updates: u64,
+    pub compact_after_bytes: u64,
+    /// Messages queued for one room before senders wait (`--doc-queue`).
+    pub doc_queue: usize,
 }
 
-/// What an HTTP read wants. The answer is `None` when the document was never written.
-pub enum ReadKind {
-    /// The whole document as one Yjs v1 update.
-    Update,
-    /// The text of the `Y.Text` root with this name, UTF-8.
-    Text(String),
+/// What every room of a node shares, handed to each room by whoever starts it (the registry).
+pub struct RoomEnv {
+    pub config: RoomConfig,
+    pub store: SharedStore,
+    /// The peer regions, if any: rooms ask them for what they lack and relay presence to them.
+    pub peers: Option<Arc<dyn PeerRelay>>,
+    /// Cancelled when the server stops; rooms flush and exit.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The directory of live rooms, as a room sees it: where it takes itself out when it stops,
+/// and where it hands on messages that arrive after it closed. The registry implements it;
+/// defined here so that the room depends on nothing above it.
+pub trait Directory: Send + Sync {
+    /// Removes `name` if it is still the room of that `generation`; returns whether it did.
+    fn remove_if_current(&self, name: &DocName, generation: u64) -> bool;
+    /// Sends `msg` to the current room of `name` (starting one if needed); gives it back only
+    /// if no room took it (the server is stopping).
+    fn deliver(
+        self: Arc<Self>,
+        name: DocName,
+        msg: RoomMsg,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), RoomMsg>>;
 }
 
 /// A member connection. The awareness client ids it announced are those `presence_owners` gives
@@ -181,7 +174,8 @@ pub struct Room {
     /// This room's own inbox, handed to connections that join. Weak, so that the room does not
     /// keep its own channel open.
     inbox: mpsc::WeakSender<RoomMsg>,
-    registry: Arc<Registry>,
+    env: Arc<RoomEnv>,
+    directory: Arc<dyn Directory>,
     members: HashMap<ConnId, Member>,
     /// Presence is per client id, and each id belongs to whoever set it last: the member that
     /// announced it, or (`remote_presence`) another region. A read-only member may only set or
@@ -216,11 +210,12 @@ impl Room {
     pub async fn run(
         name: DocName,
         generation: u64,
-        registry: Arc<Registry>,
+        env: Arc<RoomEnv>,
+        directory: Arc<dyn Directory>,
         inbox: mpsc::WeakSender<RoomMsg>,
         mut rx: mpsc::Receiver<RoomMsg>,
     ) {
-        let loaded = match registry.store.load(&name).await {
+        let loaded = match env.store.load(&name).await {
             Ok(stored) => stored
                 .map(|s| DocState::load(s.parts()).map(|state| (state, s.tail())))
                 .transpose()
@@ -234,12 +229,12 @@ impl Room {
                 // Never serve an empty document in place of stored data: refuse everyone waiting
                 // and leave, so a later connection tries the load again.
                 error!(doc = %name, %reason, "document load failed");
-                registry.remove_if_current(&name, generation);
-                refuse_all(&mut rx, JoinError::Load(reason), &name, &registry.store).await;
+                directory.remove_if_current(&name, generation);
+                refuse_all(&mut rx, JoinError::Load(reason), &name, &env.store).await;
                 return;
             }
         };
-        if let Some(hub) = registry.replication() {
+        if let Some(hub) = &env.peers {
             // Peers that have this document live too answer with whatever we lack.
             hub.offer_sync(&name, &state.state_vector());
         }
@@ -247,7 +242,8 @@ impl Room {
             name,
             generation,
             inbox,
-            registry,
+            env,
+            directory,
             members: HashMap::new(),
             presence_owners: HashMap::new(),
             remote_presence: HashSet::new(),
@@ -264,10 +260,10 @@ impl Room {
     }
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<RoomMsg>, outbox: &mut Outbox) -> Stop {
-        let evict_after = self.registry.config.evict_after;
+        let evict_after = self.env.config.evict_after;
         // Created once: a fresh `cancelled()` per iteration would lock the token to register a
         // waiter for every message.
-        let shutdown = self.registry.shutdown.clone();
+        let shutdown = self.env.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut idle_since = Some(Instant::now());
@@ -305,7 +301,7 @@ impl Room {
                     idle_since = self.members.is_empty().then(Instant::now);
                 }
                 _ = sleep_until_opt(deadline), if outbox.is_empty() => {
-                    if self.registry.remove_if_current(&self.name, self.generation) {
+                    if self.directory.remove_if_current(&self.name, self.generation) {
                         return Stop::Evicted;
                     }
                     idle_since = None;
@@ -330,7 +326,8 @@ impl Room {
                     debug!(doc = %self.name, "evicted idle document");
                     crate::memory::freed_a_lot();
                 } else {
-                    self.registry.remove_if_current(&self.name, self.generation);
+                    self.directory
+                        .remove_if_current(&self.name, self.generation);
                 }
                 // Messages that arrived after the decision go to a fresh room, which loads what
                 // was just committed. (On shutdown they are dropped: the server is stopping.)
@@ -342,7 +339,7 @@ impl Room {
                         continue; // refused here: the successor must not apply it either
                     }
                     if matches!(stop, Stop::Evicted) {
-                        let _ = self.registry.deliver(&self.name, msg).await;
+                        let _ = self.directory.clone().deliver(self.name.clone(), msg).await;
                     }
                 }
             }
@@ -355,13 +352,14 @@ impl Room {
     /// so the next connection reloads what is actually stored.
     async fn fail_store(mut self, e: StoreError, rx: &mut mpsc::Receiver<RoomMsg>) {
         error!(doc = %self.name, error = %e, members = self.members.len(), "write failed; closing the document's connections");
-        self.registry.remove_if_current(&self.name, self.generation);
+        self.directory
+            .remove_if_current(&self.name, self.generation);
         for (_, m) in self.members.drain() {
             m.client
                 .close(close_code::ERROR, format!("storage failure: {e}"));
         }
         let error = JoinError::Load(format!("storage failure: {e}"));
-        refuse_all(rx, error, &self.name, &self.registry.store).await;
+        refuse_all(rx, error, &self.name, &self.env.store).await;
     }
 
     /// Handles one wake-up's messages in order. Consecutive document updates (frames holding
@@ -470,7 +468,7 @@ impl Room {
             // entries only), and the link acknowledges it only once it is durable here too, so
             // the peer keeps it until then: relaying it at once loses nothing in a crash and
             // keeps a second fsync off the cross-region path.
-            match (self.registry.config.durability, from_peer) {
+            match (self.env.config.durability, from_peer) {
                 (Durability::Sync, false) => then.push(Effect::Broadcast(frame)),
                 (Durability::Sync, true) | (Durability::Async, _) => self.broadcast(frame),
             }
@@ -479,7 +477,7 @@ impl Room {
         if appends.is_empty() {
             return Ok(());
         }
-        let commit = self.registry.store.append_all(appends).await?;
+        let commit = self.env.store.append_all(appends).await?;
         self.exists = true;
         outbox.0.push_back(Pending { commit, then });
         if self.repair_due.is_none() {
@@ -550,11 +548,11 @@ impl Room {
                 // A peer that just opened this document has none of our presence yet (it is only
                 // relayed while the room is live there): send it along, as a Step1 gets it too.
                 if let (Some(aw), Some(hub)) =
-                    (self.state.awareness_states(), self.registry.replication())
+                    (self.state.awareness_states(), self.env.peers.as_ref())
                 {
                     link.try_send(&PeerMessage::Awareness {
                         doc: self.name.clone(),
-                        path: vec![hub.me.node_id.clone()],
+                        path: vec![hub.node_id().clone()],
                         update: aw.encode_v1(),
                     });
                 }
@@ -630,7 +628,7 @@ impl Room {
         if !self.state.has_pending() {
             return;
         }
-        if let Some(hub) = self.registry.replication() {
+        if let Some(hub) = self.env.peers.as_ref() {
             self.repair_due = Some(Instant::now() + REPAIR_EVERY);
             debug!(doc = %self.name, "updates wait for missing dependencies; asking peers");
             hub.offer_sync(&self.name, &self.state.state_vector());
@@ -694,7 +692,7 @@ impl Room {
     /// Sends presence to every member and every peer not on `path`.
     fn broadcast_awareness(&mut self, path: &[NodeId], aw: &AwarenessUpdate) {
         let payload = aw.encode_v1();
-        if let Some(hub) = self.registry.replication() {
+        if let Some(hub) = self.env.peers.as_ref() {
             hub.relay_awareness(&self.name, path, &payload);
         }
         self.broadcast(Bytes::from(encode::awareness_payload(&payload)));
@@ -712,7 +710,7 @@ impl Room {
     /// until the log is [`BUSY_COMPACTION_FACTOR`] times over the threshold: a room catches up
     /// first and compacts in its next quiet moment.
     async fn maybe_compact(&mut self, outbox: &mut Outbox, busy: bool) -> Result<(), StoreError> {
-        let cfg = &self.registry.config;
+        let cfg = &self.env.config;
         let tail = self.tail;
         let k = if busy { BUSY_COMPACTION_FACTOR } else { 1 };
         let due = tail.bytes >= cfg.compact_after_bytes.saturating_mul(k)
@@ -725,7 +723,7 @@ impl Room {
         // The store writes in order, so this snapshot covers exactly the updates appended so far.
         let snapshot = self.state.full_state();
         let snapshot_bytes = snapshot.len() as u64;
-        let commit = self.registry.store.compact(&self.name, snapshot).await?;
+        let commit = self.env.store.compact(&self.name, snapshot).await?;
         outbox.0.push_back(Pending {
             commit,
             then: Vec::new(),

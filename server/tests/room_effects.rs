@@ -13,10 +13,10 @@ use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update, WriteTxn};
 use concord_crdt::{ClientMessage, DocName, IncomingUpdate, NodeId, decode_frame};
 use concord_server::config::Cli;
-use concord_server::connection::{ClientHandle, ConnId};
 use concord_server::control::Control;
+use concord_server::handles::{ClientHandle, ConnId};
+use concord_server::handles::{ReadKind, RoomMsg};
 use concord_server::registry::Registry;
-use concord_server::room::{ReadKind, RoomMsg};
 use concord_server::store::SharedStore;
 use concord_server::store::held::HeldStore;
 use concord_server::store::memory::MemoryStore;
@@ -70,7 +70,12 @@ impl Fixture {
         let shared: SharedStore = store.clone();
         let shutdown = CancellationToken::new();
         Fixture {
-            registry: Registry::new(config, shared, shutdown.clone()),
+            registry: Registry::new(
+                concord_server::room_config(&config),
+                shared,
+                shutdown.clone(),
+                None,
+            ),
             store,
             doc: DocName::parse("room/test").unwrap(),
             shutdown,

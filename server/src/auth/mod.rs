@@ -7,6 +7,7 @@
 //! which `serve` only allows on a loopback address or with `--allow-anonymous`.
 
 pub mod access;
+pub mod args;
 pub mod callback;
 pub mod token;
 
@@ -20,7 +21,7 @@ pub use access::Access;
 use callback::Callback;
 use token::Verifier;
 
-use crate::config::AuthArgs;
+pub use args::AuthArgs;
 
 /// What a request may do, once the gate let it through.
 #[derive(Debug, Clone)]

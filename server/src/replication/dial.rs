@@ -12,6 +12,8 @@ use tracing::{Instrument, debug, warn};
 
 use super::Replication;
 use super::socket::bridge;
+use crate::registry::Registry;
+use crate::tls::peer::peer_endpoint;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Retries never wait longer than this, so a returning region is found within seconds.
@@ -20,22 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link up at least this long counts as working: the next dial starts from the first backoff.
 const STABLE_LINK: Duration = Duration::from_secs(10);
 
-/// The WebSocket URL of a peer's link endpoint, from its base URL.
-pub fn peer_endpoint(base: &str) -> String {
-    let base = base.trim_end_matches('/');
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if base.starts_with("ws://") || base.starts_with("wss://") {
-        base.to_string()
-    } else {
-        format!("ws://{base}")
-    };
-    format!("{ws}/peer")
-}
-
-pub async fn dial_forever(hub: Arc<Replication>, url: String) {
+pub async fn dial_forever(hub: Arc<Replication>, registry: Arc<Registry>, url: String) {
     let endpoint = peer_endpoint(&url);
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
@@ -51,7 +38,7 @@ pub async fn dial_forever(hub: Arc<Replication>, url: String) {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
             }
         }
-        let outcome = attempt(&hub, &url, &endpoint).await;
+        let outcome = attempt(&hub, &registry, &url, &endpoint).await;
         if hub.shutdown.is_cancelled() {
             // Whatever the attempt met, it was this node stopping.
             return;
@@ -125,7 +112,12 @@ impl Backoff {
 }
 
 /// One connection: returns when the link ends, with how long it was up (Err if it never was).
-async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Duration, String> {
+async fn attempt(
+    hub: &Arc<Replication>,
+    registry: &Arc<Registry>,
+    url: &str,
+    endpoint: &str,
+) -> Result<Duration, String> {
     let secret = hub.secret().ok_or("no --peer-secret")?.to_vec();
     // The same limits as the accepting side: messages arrive cut into frames, put back together
     // (up to `PEER_MAX_MESSAGE`) by the bridge.
@@ -152,7 +144,7 @@ async fn attempt(hub: &Arc<Replication>, url: &str, endpoint: &str) -> Result<Du
     let me = hub.me.node_id.clone();
     let up = std::time::Instant::now();
     let span = super::link::peer_span(&peer);
-    super::link::run(hub.clone(), sock, peer, me)
+    super::link::run(hub.clone(), registry.clone(), sock, peer, me)
         .instrument(span)
         .await;
     Ok(up.elapsed())

@@ -29,8 +29,9 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::auth::Identity;
 use super::socket::{PeerSocket, SHUTTING_DOWN};
-use super::{LinkHandle, PeerStats, Replication, now_ms};
-use crate::room::RoomMsg;
+use super::{PeerStats, Replication, now_ms};
+use crate::handles::{LinkHandle, RoomMsg};
+use crate::registry::Registry;
 use crate::store::{Seq, SharedStore, StoreError};
 
 /// How often acknowledgements are sent (when there is something new to acknowledge).
@@ -48,7 +49,13 @@ pub fn peer_span(peer: &Identity) -> tracing::Span {
 }
 
 /// Runs an authenticated link until it ends (in the span of [`peer_span`]).
-pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, dialer: NodeId) {
+pub async fn run(
+    hub: Arc<Replication>,
+    registry: Arc<Registry>,
+    mut sock: PeerSocket,
+    peer: Identity,
+    dialer: NodeId,
+) {
     let link = LinkHandle {
         peer: peer.node_id.clone(),
         id: hub.next_link_id(),
@@ -148,7 +155,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
     );
     let acker =
         tokio::spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span());
-    let offer = tokio::spawn(offer_live_docs(hub.clone(), link.clone()).in_current_span());
+    let offer = tokio::spawn(offer_live_docs(registry.clone(), link.clone()).in_current_span());
 
     let mut persisted = (cursor, Instant::now());
     loop {
@@ -180,7 +187,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
                 update,
             } => {
                 stats.received_updates.fetch_add(1, Ordering::Relaxed);
-                let done = receive_update(&hub, &peer.node_id, doc, path, &update).await;
+                let done = receive_update(&hub, &registry, &peer.node_id, doc, path, &update).await;
                 if ack_tx.send((seq, done)).await.is_err() {
                     break;
                 }
@@ -211,7 +218,7 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
                 let Ok(sv) = StateVector::decode_v1(&sv) else {
                     continue;
                 };
-                if let Some(room) = hub.registry().and_then(|r| r.live_room(&doc)) {
+                if let Some(room) = registry.live_room(&doc) {
                     let _ = room
                         .tx
                         .send(RoomMsg::PeerSync {
@@ -223,13 +230,13 @@ pub async fn run(hub: Arc<Replication>, mut sock: PeerSocket, peer: Identity, di
             }
             PeerMessage::SyncStep2 { doc, update } => {
                 let path = vec![peer.node_id.clone()];
-                let _ = receive_update(&hub, &peer.node_id, doc, path, &update).await;
+                let _ = receive_update(&hub, &registry, &peer.node_id, doc, path, &update).await;
             }
             PeerMessage::Awareness { doc, path, update } => {
                 if path.contains(&hub.me.node_id) {
                     continue;
                 }
-                let Some(room) = hub.registry().and_then(|r| r.live_room(&doc)) else {
+                let Some(room) = registry.live_room(&doc) else {
                     continue;
                 };
                 match concord_crdt::message::decode_awareness(&update) {
@@ -314,10 +321,7 @@ async fn wait_for_resume(
 /// live too are answered with what we lack (a `SyncStep2`), which repairs any gap the log did not
 /// (an update still waiting for its dependencies, say). Sent with backpressure, after the room
 /// answers, so thousands of live documents neither flood the link nor stall their rooms.
-async fn offer_live_docs(hub: Arc<Replication>, link: LinkHandle) {
-    let Some(registry) = hub.registry() else {
-        return;
-    };
+async fn offer_live_docs(registry: Arc<Registry>, link: LinkHandle) {
     for (doc, room) in registry.live_rooms() {
         let (reply, sv) = oneshot::channel();
         if room.send(RoomMsg::StateVector { reply }).await.is_err() {
@@ -336,6 +340,7 @@ async fn offer_live_docs(hub: Arc<Replication>, link: LinkHandle) {
 /// coming back, or one that cannot be decoded).
 async fn receive_update(
     hub: &Replication,
+    registry: &Arc<Registry>,
     from: &NodeId,
     doc: DocName,
     path: Vec<NodeId>,
@@ -351,7 +356,6 @@ async fn receive_update(
             return None;
         }
     };
-    let registry = hub.registry()?;
     let (done, durable) = oneshot::channel();
     let msg = RoomMsg::Replicated {
         update,
@@ -435,6 +439,7 @@ async fn ack_loop(
 /// the connection's TLS exporter value (empty if plain), which the handshake is bound to.
 pub async fn accept(
     hub: Arc<Replication>,
+    registry: Arc<Registry>,
     mut sock: PeerSocket,
     remote: std::net::SocketAddr,
     slot: tokio::sync::OwnedSemaphorePermit,
@@ -454,7 +459,7 @@ pub async fn accept(
         Ok(peer) => {
             hub.remember(&peer, None);
             let span = peer_span(&peer);
-            run(hub, sock, peer.clone(), peer.node_id)
+            run(hub, registry, sock, peer.clone(), peer.node_id)
                 .instrument(span)
                 .await
         }

@@ -24,6 +24,22 @@
 pub mod auth;
 pub mod dial;
 pub mod link;
+/// What rooms may ask of the peers, through the registry (which holds the hub as this trait, so
+/// the room module never depends on replication).
+impl PeerRelay for Replication {
+    fn node_id(&self) -> &NodeId {
+        &self.me.node_id
+    }
+
+    fn offer_sync(&self, doc: &DocName, sv: &StateVector) {
+        Replication::offer_sync(self, doc, sv)
+    }
+
+    fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]) {
+        Replication::relay_awareness(self, doc, path, payload)
+    }
+}
+
 #[cfg(test)]
 mod peer_sync_tests;
 pub mod resume;
@@ -32,21 +48,19 @@ pub mod stream;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{DocName, NodeId, PeerMessage};
 use dashmap::DashMap;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::control::Control;
+use crate::handles::{LinkHandle, PeerRelay};
 use crate::registry::Registry;
 use crate::store::{PeerInfo, Seq, SharedStore};
 use auth::Identity;
@@ -59,25 +73,6 @@ pub const PEER_MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// message of up to [`PEER_MAX_MESSAGE`] for the handshake's timeout, so this bounds what
 /// strangers can make a node hold.
 pub const MAX_PENDING_HANDSHAKES: usize = 4;
-
-/// One live, authenticated link to a peer.
-#[derive(Clone)]
-pub struct LinkHandle {
-    pub peer: NodeId,
-    id: u64,
-    /// Which end dialed: decides which link survives when both ends dial each other.
-    dialer: NodeId,
-    pub out: mpsc::Sender<Bytes>,
-    control: Arc<Control>,
-}
-
-impl LinkHandle {
-    /// Queues a message without waiting; repair and presence messages are dropped when the link
-    /// is congested (the update log, which must not lose anything, waits instead).
-    pub fn try_send(&self, msg: &PeerMessage) {
-        let _ = self.out.try_send(Bytes::from(msg.encode()));
-    }
-}
 
 /// What `/api/status` shows of one peer. Counters are since this process started.
 #[derive(Default)]
@@ -138,7 +133,6 @@ pub struct Replication {
     links: DashMap<NodeId, LinkHandle>,
     peers: DashMap<NodeId, Arc<PeerStats>>,
     dials: DashMap<String, DialState>,
-    registry: OnceLock<Weak<Registry>>,
     /// Slots for unauthenticated incoming peer sockets ([`MAX_PENDING_HANDSHAKES`]).
     handshakes: Arc<tokio::sync::Semaphore>,
     pub store: SharedStore,
@@ -173,7 +167,6 @@ impl Replication {
             links: DashMap::new(),
             peers: DashMap::new(),
             dials: DashMap::new(),
-            registry: OnceLock::new(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             store,
             shutdown,
@@ -183,10 +176,12 @@ impl Replication {
     }
 
     /// Connects the hub to the documents and starts dialing the configured peers.
+    /// Starts dialing the configured peers; their links deliver into `registry`'s rooms.
     pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
-        let _ = self.registry.set(Arc::downgrade(registry));
         for url in &self.configured {
-            tokio::spawn(dial::dial_forever(self.clone(), url.clone()).in_current_span());
+            tokio::spawn(
+                dial::dial_forever(self.clone(), registry.clone(), url.clone()).in_current_span(),
+            );
         }
         if !self.configured.is_empty() {
             info!(node = %self.me.node_id, region = %self.me.region, peers = ?self.configured, "replicating");
@@ -251,10 +246,6 @@ impl Replication {
             }
             .in_current_span(),
         );
-    }
-
-    pub fn registry(&self) -> Option<Arc<Registry>> {
-        self.registry.get().and_then(Weak::upgrade)
     }
 
     pub fn secret(&self) -> Option<&[u8]> {

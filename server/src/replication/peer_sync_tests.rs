@@ -17,8 +17,8 @@ use super::auth::Identity;
 use super::{LinkHandle, Replication};
 use crate::config::ServeArgs;
 use crate::control::Control;
+use crate::handles::{ReadKind, RoomMsg};
 use crate::registry::Registry;
-use crate::room::{ReadKind, RoomMsg};
 use crate::store::SharedStore;
 use crate::store::memory::MemoryStore;
 
@@ -31,11 +31,6 @@ impl Node {
     fn new(name: &str) -> Node {
         let token = CancellationToken::new();
         let store: SharedStore = Arc::new(MemoryStore::new());
-        let registry = Registry::new(
-            ServeArgs::parse_from(["concord"]),
-            store.clone(),
-            token.clone(),
-        );
         let id = NodeId::parse(name).unwrap();
         let me = Identity {
             node_id: id.clone(),
@@ -47,11 +42,16 @@ impl Node {
             Some("secret".into()),
             Vec::new(),
             Default::default(),
+            store.clone(),
+            token.clone(),
+        );
+        let registry = Registry::new(
+            crate::room_config(&ServeArgs::parse_from(["concord"])),
             store,
             token,
+            Some(hub.clone()),
         );
         hub.start(&registry);
-        registry.set_replication(hub);
         Node { id, registry }
     }
 

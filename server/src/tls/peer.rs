@@ -54,7 +54,22 @@ pub struct PeerTls {
     client: Option<Arc<ClientConfig>>,
 }
 
-/// Whether `endpoint` (from [`crate::replication::dial::peer_endpoint`]) is dialed over TLS.
+/// The WebSocket URL of a peer's link endpoint, from its base URL.
+pub fn peer_endpoint(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        base.to_string()
+    } else {
+        format!("ws://{base}")
+    };
+    format!("{ws}/peer")
+}
+
+/// Whether `endpoint` (from [`peer_endpoint`]) is dialed over TLS.
 pub fn is_tls_endpoint(endpoint: &str) -> bool {
     endpoint.starts_with("wss://")
 }
@@ -64,10 +79,7 @@ pub fn check_peers(peers: &[String], required: bool) -> Result<(), TlsError> {
     if !required {
         return Ok(());
     }
-    match peers
-        .iter()
-        .find(|p| !is_tls_endpoint(&crate::replication::dial::peer_endpoint(p)))
-    {
+    match peers.iter().find(|p| !is_tls_endpoint(&peer_endpoint(p))) {
         Some(plain) => Err(TlsError::PlainPeer(plain.clone())),
         None => Ok(()),
     }
@@ -78,9 +90,7 @@ impl PeerTls {
     /// trusted roots when some peer is `https://`.
     pub fn from_config(tls: &TlsArgs, peers: &[String]) -> Result<PeerTls, TlsError> {
         check_peers(peers, tls.peer_tls_required)?;
-        let any_tls = peers
-            .iter()
-            .any(|p| is_tls_endpoint(&crate::replication::dial::peer_endpoint(p)));
+        let any_tls = peers.iter().any(|p| is_tls_endpoint(&peer_endpoint(p)));
         if !any_tls && tls.peer_ca.is_none() {
             return Ok(PeerTls::default());
         }
