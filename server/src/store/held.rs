@@ -74,12 +74,17 @@ impl HeldStore {
         count
     }
 
-    /// Resolves the oldest `n` held commits with a storage error, as a full disk would.
+    /// Resolves the oldest `n` held commits with the error a full disk gives
+    /// ([`StoreError::Full`]), whose message is `reason`.
     pub fn fail(&self, n: usize, reason: &str) -> usize {
         let batch = self.take(n);
         let count = batch.len();
         for h in batch {
-            let _ = h.outer.send(Err(StoreError::Backend(reason.to_string())));
+            let full = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some(reason.to_string()),
+            );
+            let _ = h.outer.send(Err(full.into()));
         }
         count
     }

@@ -56,12 +56,54 @@ impl LogIncarnation {
     }
 }
 
-/// Errors at the storage boundary.
+/// Errors at the storage boundary. The texts are what logs and close reasons show (a room closes
+/// its connections with "storage failure: " and the error), so each keeps the wording it had.
+///
+/// SQLite's errors are classified by their code ([`StoreError::Full`],
+/// [`StoreError::ReadOnly`], [`StoreError::Sqlite`] for the rest); they are shared (`Arc`)
+/// because one failed transaction fails every write in it. No variant names another error as
+/// its `source`: the text already includes it, and a report that prints the chain (`anyhow`)
+/// would say it twice.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused an operation: I/O error, disk full, read-only file, size limit reached...
+    /// No space to write: the disk is full, or the database reached its size limit
+    /// (`--max-db-size`). Writes fail until space is freed; what was committed stays readable.
     #[error("storage error: {0}")]
-    Backend(String),
+    Full(Arc<rusqlite::Error>),
+    /// The database cannot be written: its file or directory is read-only.
+    #[error("storage error: {0}")]
+    ReadOnly(Arc<rusqlite::Error>),
+    /// Any other error SQLite reported: an I/O error, a lock held past the busy timeout...
+    #[error("storage error: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    /// The database could not be opened and set up (its pragmas, its schema).
+    #[error("storage error: opening {path}: {error}")]
+    Open {
+        path: String,
+        error: Arc<rusqlite::Error>,
+    },
+    /// The check of the database file at open could not run (damage it finds is
+    /// [`StoreError::DamagedFile`]).
+    #[error("storage error: checking {path}: {error}")]
+    Check {
+        path: String,
+        error: Arc<rusqlite::Error>,
+    },
+    /// A step around the database failed: creating the data dir, starting the store's threads.
+    #[error("storage error: {doing}: {error}")]
+    Io {
+        doing: String,
+        error: Arc<std::io::Error>,
+    },
+    /// There is no database where one must already be (`concord forget-peer` on another dir).
+    #[error("storage error: no store at {path}")]
+    NoStore { path: String },
+    /// A read on the blocking pool did not finish (it panicked, or the runtime is stopping).
+    #[error("storage error: read task failed: {0}")]
+    ReadTask(Arc<tokio::task::JoinError>),
+    /// `append_all` was given no entries: a caller's mistake.
+    #[error("storage error: append_all of no entries")]
+    NothingToAppend,
     /// A stored row could not be read back as what it should be.
     #[error("stored data of {doc:?} is corrupt: {reason}")]
     Corrupt { doc: String, reason: String },
@@ -83,8 +125,13 @@ pub enum StoreError {
 }
 
 impl From<rusqlite::Error> for StoreError {
+    /// Sorts SQLite's error by its code: a full disk or size limit, a read-only file, the rest.
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(Arc::new(e)),
+            Some(rusqlite::ErrorCode::ReadOnly) => StoreError::ReadOnly(Arc::new(e)),
+            _ => StoreError::Sqlite(Arc::new(e)),
+        }
     }
 }
 
@@ -181,7 +228,7 @@ pub trait Store: Send + Sync + 'static {
         for entry in entries {
             last = Some(self.append(entry).await?);
         }
-        last.ok_or_else(|| StoreError::Backend("append_all of no entries".into()))
+        last.ok_or(StoreError::NothingToAppend)
     }
 
     /// Queues the replacement of `doc`'s log entries so far with `snapshot`, which must contain

@@ -1,0 +1,80 @@
+//! Compaction and log garbage collection, run by the writer inside its transactions. A
+//! document's snapshot replaces its log entries, except those some peer has not acknowledged
+//! yet: they stay for replication (marked as covered by `snapshot_seq`) until every known peer
+//! has them, and a periodic pass then deletes them.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+use tracing::debug;
+
+use super::writer::{Op, Writer};
+use crate::store::{Seq, StoreError, checksum};
+
+/// How often log entries that only replication still needed are garbage-collected.
+const LOG_GC_PERIOD: Duration = Duration::from_secs(10);
+
+impl Writer {
+    /// Replaces the log entries of `doc_id` so far with `snapshot`. Entries that some peer has
+    /// not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
+    pub(super) fn compact(&mut self, doc_id: i64, snapshot: &[u8]) -> Result<Seq, StoreError> {
+        let covered: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(seq) FROM log WHERE doc_id = ?1")?
+            .query_row([doc_id], |r| r.get(0))?;
+        let covered = covered.unwrap_or(0);
+        self.conn
+            .prepare_cached(
+                "UPDATE docs SET snapshot = ?2, snapshot_seq = MAX(snapshot_seq, ?3), snapshot_crc = ?4 WHERE id = ?1",
+            )?
+            .execute(params![doc_id, snapshot, covered, checksum::snapshot(doc_id, snapshot)])?;
+        let retain_above: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(acked_seq) FROM peer_cursors")?
+            .query_row([], |r| r.get(0))?;
+        let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
+        // Deleting may remove the newest entry of the whole log; remember the highest sequence
+        // handed out so numbering never goes back after a restart.
+        self.conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES ('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute([(self.next_seq - 1).to_string()])?;
+        self.conn
+            .prepare_cached("DELETE FROM log WHERE doc_id = ?1 AND seq <= ?2")?
+            .execute(params![doc_id, delete_upto])?;
+        Ok(covered as Seq)
+    }
+
+    /// Deletes log entries that only replication still kept (already covered by their document's
+    /// snapshot) once every known peer has acknowledged them.
+    fn collect_replicated(&mut self) -> Result<(), StoreError> {
+        let min_acked: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(acked_seq) FROM peer_cursors", [], |r| r.get(0))?;
+        let Some(min_acked) = min_acked else {
+            return Ok(());
+        };
+        let n = self.conn.execute(
+            "DELETE FROM log WHERE seq <= ?1 AND seq <= (SELECT snapshot_seq FROM docs WHERE docs.id = log.doc_id)",
+            [min_acked],
+        )?;
+        if n > 0 {
+            debug!(
+                deleted = n,
+                "collected log entries every peer has acknowledged"
+            );
+        }
+        Ok(())
+    }
+
+    /// Collects what every peer has acknowledged ([`Writer::collect_replicated`]), at most once
+    /// per [`LOG_GC_PERIOD`] and only in a batch that moves a peer cursor.
+    pub(super) fn collect_if_due(&mut self, batch: &[Op]) -> Result<(), StoreError> {
+        if self.last_gc.elapsed() >= LOG_GC_PERIOD
+            && batch.iter().any(|op| matches!(op, Op::Cursor { .. }))
+        {
+            self.last_gc = Instant::now();
+            self.collect_replicated()?;
+        }
+        Ok(())
+    }
+}
