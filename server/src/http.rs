@@ -118,12 +118,11 @@ async fn status(
     if let Err(refused) = authorize(&app, Need::Admin, None, remote, &headers, query).await {
         return refused;
     }
-    let mut status = app.replication.status();
-    status["documents"] = app.registry.live().into();
-    status["connections"] = app
-        .connections
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .into();
+    let status = crate::status::render(
+        &app.replication,
+        app.registry.live(),
+        app.connections.load(std::sync::atomic::Ordering::Relaxed),
+    );
     axum::Json(status).into_response()
 }
 

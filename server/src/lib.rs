@@ -40,6 +40,7 @@ pub mod node_id;
 pub mod registry;
 pub mod replication;
 pub mod room;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod upgrade;

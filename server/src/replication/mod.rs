@@ -55,7 +55,6 @@ use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{DocName, NodeId, PeerMessage};
 use dashmap::DashMap;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
@@ -108,12 +107,27 @@ impl PeerStats {
 
     /// How long the oldest unacknowledged update has been waiting for the peer (0 when it has
     /// everything that was sent).
-    fn lag(&self) -> Duration {
+    pub fn lag(&self) -> Duration {
         let in_flight = self.in_flight.lock().unwrap();
         in_flight
             .front()
             .map_or(Duration::ZERO, |(_, t)| t.elapsed())
     }
+}
+
+/// What this node knows of one peer at a moment: the input of `/api/status`.
+pub struct PeerView {
+    /// The configured URL (or, for a peer that dialed us, the URL it advertises).
+    pub url: String,
+    pub node_id: Option<NodeId>,
+    /// Counters and cursors, once the peer was reached or remembered.
+    pub stats: Option<Arc<PeerStats>>,
+    /// How long its live link has been silent, if a link is up.
+    pub silent: Option<Duration>,
+    /// Why dialing it last failed.
+    pub last_error: Option<String>,
+    /// Whether the pair's link is the one the peer dialed.
+    pub inbound: bool,
 }
 
 /// A configured peer URL and what dialing it has found out.
@@ -334,10 +348,10 @@ impl Replication {
         }
     }
 
-    /// Status for `/api/status`: this node and every peer it knows, configured or seen.
-    pub fn status(&self) -> Value {
-        let committed = self.store.committed();
-        let mut peers: Vec<Value> = Vec::new();
+    /// Every peer this node knows, configured or seen, for `/api/status` (rendered in
+    /// [`crate::status`]): configured URLs first, in the order given, then peers that dialed us.
+    pub fn peer_views(&self) -> Vec<PeerView> {
+        let mut views = Vec::new();
         let mut seen_ids = Vec::new();
         for url in &self.configured {
             let dial = self.dials.get(url).map(|d| d.clone()).unwrap_or_default();
@@ -350,44 +364,34 @@ impl Replication {
             }
             let silent = dial.node_id.as_ref().and_then(|id| self.silent_for(id));
             // Both ends may dial; the pair keeps one link, possibly the one the peer dialed.
-            let theirs = dial.node_id.as_ref().is_some_and(|id| {
+            let inbound = dial.node_id.as_ref().is_some_and(|id| {
                 self.links
                     .get(id)
                     .is_some_and(|l| l.dialer != self.me.node_id)
             });
-            peers.push(peer_json(
-                url,
-                dial.node_id.as_ref(),
-                stats.as_deref(),
+            views.push(PeerView {
+                url: url.clone(),
+                node_id: dial.node_id.clone(),
+                stats,
                 silent,
-                dial.last_error.as_deref(),
-                committed,
-                if theirs { "inbound" } else { "outbound" },
-            ));
+                last_error: dial.last_error.clone(),
+                inbound,
+            });
         }
         for entry in self.peers.iter() {
             if seen_ids.contains(entry.key()) {
                 continue;
             }
-            let url = entry.value().url.lock().unwrap().clone();
-            let silent = self.silent_for(entry.key());
-            peers.push(peer_json(
-                &url,
-                Some(entry.key()),
-                Some(entry.value()),
-                silent,
-                None,
-                committed,
-                "inbound",
-            ));
+            views.push(PeerView {
+                url: entry.value().url.lock().unwrap().clone(),
+                node_id: Some(entry.key().clone()),
+                stats: Some(entry.value().clone()),
+                silent: self.silent_for(entry.key()),
+                last_error: None,
+                inbound: true,
+            });
         }
-        json!({
-            "node_id": self.me.node_id.as_str(),
-            "region": self.me.region,
-            "url": self.me.url,
-            "committed_seq": committed,
-            "peers": peers,
-        })
+        views
     }
 
     /// How long the live link to `peer` has been silent (pings count), if there is one.
@@ -398,48 +402,4 @@ impl Replication {
     fn set_dial(&self, url: &str, f: impl FnOnce(&mut DialState)) {
         f(&mut self.dials.entry(url.to_string()).or_default());
     }
-}
-
-fn peer_json(
-    url: &str,
-    id: Option<&NodeId>,
-    stats: Option<&PeerStats>,
-    silent: Option<std::time::Duration>,
-    last_error: Option<&str>,
-    committed: Seq,
-    direction: &str,
-) -> Value {
-    let connected = stats.is_some_and(|s| s.connected.load(Ordering::Relaxed));
-    let acked = stats.map(|s| s.acked.load(Ordering::Relaxed)).unwrap_or(0);
-    // A live link hears from its peer at least every ping; otherwise the last message counts.
-    let last_contact = match silent {
-        Some(silent) => Some(now_ms().saturating_sub(silent.as_millis() as u64)),
-        None => stats
-            .map(|s| s.last_contact_ms.load(Ordering::Relaxed))
-            .filter(|t| *t > 0),
-    };
-    let counter =
-        |f: fn(&PeerStats) -> &AtomicU64| stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0);
-    json!({
-        "url": url,
-        "node_id": id.map(|i| i.as_str()),
-        "region": stats.map(|s| s.region.lock().unwrap().clone()),
-        // The URL the peer advertises for its clients (the dialed URL may be a proxy).
-        "public_url": stats.map(|s| s.url.lock().unwrap().clone()).filter(|u| !u.is_empty()),
-        "direction": direction,
-        "connected": connected,
-        "last_contact_ms": last_contact,
-        "last_contact_ago_ms": last_contact.map(|t| now_ms().saturating_sub(t)),
-        "acked_seq": acked,
-        "backlog": committed.saturating_sub(acked),
-        // Replication lag: how long the oldest update sent and not yet durable at the peer has
-        // waited (0 when it has everything sent; null while the link is down).
-        "lag_ms": stats.filter(|_| connected).map(|s| s.lag().as_millis() as u64),
-        "sent_updates": counter(|s| &s.sent_updates),
-        "sent_bytes": counter(|s| &s.sent_bytes),
-        "received_updates": counter(|s| &s.received_updates),
-        "received_messages": counter(|s| &s.received_messages),
-        "received_bytes": counter(|s| &s.received_bytes),
-        "last_error": last_error,
-    })
 }

@@ -1,0 +1,66 @@
+//! The JSON of `GET /api/status`, next to its route: this node, its documents and connections,
+//! and every peer it knows (from [`crate::replication::Replication::peer_views`]). The field
+//! names are the operators' interface (docs/replication.md lists them), so they live in one place.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::replication::{PeerStats, PeerView, Replication, now_ms};
+use crate::store::Seq;
+
+/// The whole status document.
+pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value {
+    let committed = hub.store.committed();
+    let peers: Vec<Value> = hub
+        .peer_views()
+        .iter()
+        .map(|view| peer(view, committed))
+        .collect();
+    json!({
+        "node_id": hub.me.node_id.as_str(),
+        "region": hub.me.region,
+        "url": hub.me.url,
+        "committed_seq": committed,
+        "peers": peers,
+        "documents": documents,
+        "connections": connections,
+    })
+}
+
+fn peer(view: &PeerView, committed: Seq) -> Value {
+    let stats = view.stats.as_deref();
+    let connected = stats.is_some_and(|s| s.connected.load(Ordering::Relaxed));
+    let acked = stats.map(|s| s.acked.load(Ordering::Relaxed)).unwrap_or(0);
+    // A live link hears from its peer at least every ping; otherwise the last message counts.
+    let last_contact = match view.silent {
+        Some(silent) => Some(now_ms().saturating_sub(silent.as_millis() as u64)),
+        None => stats
+            .map(|s| s.last_contact_ms.load(Ordering::Relaxed))
+            .filter(|t| *t > 0),
+    };
+    let counter =
+        |f: fn(&PeerStats) -> &AtomicU64| stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0);
+    json!({
+        "url": view.url,
+        "node_id": view.node_id.as_ref().map(|i| i.as_str()),
+        "region": stats.map(|s| s.region.lock().unwrap().clone()),
+        // The URL the peer advertises for its clients (the dialed URL may be a proxy).
+        "public_url": stats.map(|s| s.url.lock().unwrap().clone()).filter(|u| !u.is_empty()),
+        "direction": if view.inbound { "inbound" } else { "outbound" },
+        "connected": connected,
+        "last_contact_ms": last_contact,
+        "last_contact_ago_ms": last_contact.map(|t| now_ms().saturating_sub(t)),
+        "acked_seq": acked,
+        "backlog": committed.saturating_sub(acked),
+        // Replication lag: how long the oldest update sent and not yet durable at the peer has
+        // waited (0 when it has everything sent; null while the link is down).
+        "lag_ms": stats.filter(|_| connected).map(|s| s.lag().as_millis() as u64),
+        "sent_updates": counter(|s| &s.sent_updates),
+        "sent_bytes": counter(|s| &s.sent_bytes),
+        "received_updates": counter(|s| &s.received_updates),
+        "received_messages": counter(|s| &s.received_messages),
+        "received_bytes": counter(|s| &s.received_bytes),
+        "last_error": view.last_error,
+    })
+}
