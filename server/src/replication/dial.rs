@@ -3,6 +3,7 @@
 //! link with that peer exists (it may have dialed us), do not dial a second one. An `https://`
 //! peer is dialed over TLS ([`crate::tls::peer`]).
 
+use axum::extract::ws::close_code;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ async fn attempt(
     let peer = match super::auth::dial(&mut sock, &hub.me, &secret, &dialed.binding).await {
         Ok(peer) => peer,
         Err(e) => {
-            sock.control.close(1008, e.to_string());
+            sock.control.close(close_code::POLICY, e.to_string());
             return Err(format!("authentication failed: {e}"));
         }
     };

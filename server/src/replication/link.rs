@@ -13,6 +13,7 @@
 //!
 //! Outgoing: [`super::stream::stream_log`] sends our log from the start the peer's claim gives.
 
+use axum::extract::ws::close_code;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -77,7 +78,8 @@ pub async fn run(
     };
     let history = hub.store.incarnations();
     let Some(mine) = history.last().map(|i| i.id) else {
-        sock.control.close(1011, "the store has no incarnation");
+        sock.control
+            .close(close_code::ERROR, "the store has no incarnation");
         return;
     };
     let resume = PeerMessage::Resume {
@@ -94,8 +96,10 @@ pub async fn run(
     }
     if !hub.register(link.clone()) {
         debug!(peer = %peer.node_id, "duplicate link refused");
-        sock.control
-            .close(1000, "duplicate link: the pair keeps the other one");
+        sock.control.close(
+            close_code::NORMAL,
+            "duplicate link: the pair keeps the other one",
+        );
         return;
     }
     let stats = hub.stats(&peer.node_id);
@@ -110,7 +114,7 @@ pub async fn run(
         Ok(resume) => resume,
         Err(why) => {
             warn!(peer = %peer.node_id, "{why}; closing the link");
-            sock.control.close(1002, why);
+            sock.control.close(close_code::PROTOCOL, why);
             return finish(&hub, &link, &stats, &peer).await;
         }
     };
@@ -132,7 +136,7 @@ pub async fn run(
         Err(e) => {
             warn!(peer = %peer.node_id, error = %e, "cannot record where the peer resumes; dropping the link");
             sock.control
-                .close(1011, "cannot record where the peer resumes");
+                .close(close_code::ERROR, "cannot record where the peer resumes");
             return finish(&hub, &link, &stats, &peer).await;
         }
     };
@@ -175,7 +179,7 @@ pub async fn run(
             Ok(m) => m,
             Err(e) => {
                 warn!(peer = %peer.node_id, error = %e, "undecodable peer message; closing the link");
-                sock.control.close(1002, e.to_string());
+                sock.control.close(close_code::PROTOCOL, e.to_string());
                 break;
             }
         };
@@ -253,7 +257,8 @@ pub async fn run(
             | PeerMessage::Welcome { .. }
             | PeerMessage::Resume { .. } => {
                 warn!(peer = %peer.node_id, "handshake message on an established link; closing it");
-                sock.control.close(1002, "unexpected handshake message");
+                sock.control
+                    .close(close_code::PROTOCOL, "unexpected handshake message");
                 break;
             }
         }
@@ -281,7 +286,7 @@ async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &
             info!("peer link closed: this node is shutting down");
         } else if reason
             .as_ref()
-            .is_some_and(|(code, r)| *code == 1001 && r == SHUTTING_DOWN)
+            .is_some_and(|(code, r)| *code == close_code::AWAY && r == SHUTTING_DOWN)
         {
             info!("peer link closed: the peer is shutting down; updates for it wait in the log");
         } else {
@@ -404,7 +409,7 @@ async fn ack_loop(
                 Err(_) => {
                     // The document could not store it: do not acknowledge; the peer sends it
                     // again when the link comes back.
-                    link.control.close(1011, "a replicated update could not be stored");
+                    link.control.close(close_code::ERROR, "a replicated update could not be stored");
                     return;
                 }
             },
@@ -419,7 +424,7 @@ async fn ack_loop(
                 };
                 if let Err(e) = written.await {
                     warn!(peer = %link.peer, error = %e, "cannot record what was received; closing the link");
-                    link.control.close(1011, "cannot record what was received");
+                    link.control.close(close_code::ERROR, "cannot record what was received");
                     return;
                 }
                 recorded = Some(seq);
@@ -448,7 +453,7 @@ pub async fn accept(
     let Some(secret) = hub.secret().map(<[u8]>::to_vec) else {
         warn!(%remote, "peer link refused: this node has no --peer-secret");
         sock.control.close(
-            1008,
+            close_code::POLICY,
             "peer links are disabled on this node (no --peer-secret)",
         );
         return;
@@ -465,8 +470,10 @@ pub async fn accept(
         }
         Err(e) => {
             warn!(%remote, error = %e, "peer link refused");
-            sock.control
-                .close(1008, format!("peer authentication failed: {e}"));
+            sock.control.close(
+                close_code::POLICY,
+                format!("peer authentication failed: {e}"),
+            );
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod resume;
 pub mod socket;
 pub mod stream;
 
+use axum::extract::ws::close_code;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -294,8 +295,10 @@ impl Replication {
                 let preferred = self.me.node_id.clone().min(new.peer.clone());
                 let keep_new = old.dialer == new.dialer || new.dialer == preferred;
                 if keep_new {
-                    old.control
-                        .close(1000, "duplicate link: the pair keeps the other one");
+                    old.control.close(
+                        close_code::NORMAL,
+                        "duplicate link: the pair keeps the other one",
+                    );
                     o.insert(new);
                 }
                 keep_new

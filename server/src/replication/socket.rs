@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, warn};
 
 use crate::control::Control;
+use axum::extract::ws::close_code;
 pub use chunk::{CHUNK, MAX_FRAME};
 use chunk::{Pieces, Reassembler};
 
@@ -172,7 +173,7 @@ async fn read_frames<S, M, E>(
             msg = tokio::time::timeout(DEAD_AFTER, stream.next()) => msg,
         };
         let Ok(msg) = msg else {
-            c.close(1001, "peer link silent; assumed dead");
+            c.close(close_code::AWAY, "peer link silent; assumed dead");
             return;
         };
         c.seen();
@@ -263,7 +264,7 @@ async fn write_frames<K, M>(
             Write::Stalled => {
                 // Given up on: its updates wait in the log for the next link.
                 c.close(
-                    1001,
+                    close_code::AWAY,
                     format!("peer link stalled: no frame written in {WRITE_STALL:?}"),
                 );
                 return;
@@ -274,9 +275,9 @@ async fn write_frames<K, M>(
     // peer closed without a code) is not a shutdown, and must not look like one to the peer.
     let (code, reason) = c.reason().unwrap_or_else(|| {
         if node_stop.is_cancelled() {
-            (1001, SHUTTING_DOWN.into())
+            (close_code::AWAY, SHUTTING_DOWN.into())
         } else {
-            (1011, "peer link ended".into())
+            (close_code::ERROR, "peer link ended".into())
         }
     });
     // What was queued before the close goes first: a handshake's last message (`Welcome`) is

@@ -23,8 +23,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use axum::extract::ws::close_code;
+
 use super::{LinkHandle, PeerStats, Replication};
-use crate::store::{LogEntry, Seq};
+use crate::store::{LogEntry, Seq, StoreError};
 
 /// Log entries sent but not yet acknowledged, at most.
 const WINDOW: u64 = 4096;
@@ -63,8 +65,24 @@ pub async fn stream_log(
     }
 }
 
+/// Why a log stream ended. Each ends its link's stream; only [`StreamEnd::LogCompacted`] also
+/// closes the link (the next one starts with the snapshots).
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("the link closed")]
+    LinkClosed,
+    #[error("the store closed")]
+    StoreClosed,
+    #[error("cannot read the log: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "log entries after {0} were compacted away while streaming; restarting the link to send the snapshots"
+    )]
+    LogCompacted(Seq),
+}
+
 impl Stream {
-    async fn run(&mut self, snapshots: bool) -> Result<(), String> {
+    async fn run(&mut self, snapshots: bool) -> Result<(), StreamEnd> {
         let mut feed = self.hub.store.subscribe();
         if snapshots {
             self.send_snapshots().await?;
@@ -77,32 +95,19 @@ impl Stream {
         loop {
             // Behind the live feed: read the store.
             while self.pos < committed {
-                let entries = self
-                    .hub
-                    .store
-                    .read_log(self.pos, PAGE)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let entries = self.hub.store.read_log(self.pos, PAGE).await?;
                 // Entries after the start are kept for this peer until it acknowledges them,
                 // so a gap (other than a damaged row, which still exists) means they were
                 // deleted behind its back. Unless this stream began with the snapshots, which
                 // cover them, end the link: the next one finds the log incomplete and sends
                 // the snapshots first. Never skip ahead silently.
                 if !snapshots && entries.first().map(|e| e.seq) != Some(self.pos + 1) {
-                    let complete = self
-                        .hub
-                        .store
-                        .log_complete_after(self.pos)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let complete = self.hub.store.log_complete_after(self.pos).await?;
                     if !complete {
-                        let why = format!(
-                            "log entries after {} were compacted away while streaming; restarting the link to send the snapshots",
-                            self.pos
-                        );
-                        warn!(peer = %self.link.peer, "{why}");
-                        self.link.control.close(1011, why.clone());
-                        return Err(why);
+                        let end = StreamEnd::LogCompacted(self.pos);
+                        warn!(peer = %self.link.peer, "{end}");
+                        self.link.control.close(close_code::ERROR, end.to_string());
+                        return Err(end);
                     }
                 }
                 if entries.is_empty() {
@@ -131,12 +136,12 @@ impl Stream {
                     debug!(peer = %self.link.peer, missed = n, "log feed lagged; reading the store");
                     committed = self.hub.store.committed();
                 }
-                Err(RecvError::Closed) => return Err("store closed".into()),
+                Err(RecvError::Closed) => return Err(StreamEnd::StoreClosed),
             }
         }
     }
 
-    async fn send(&mut self, e: &LogEntry) -> Result<(), String> {
+    async fn send(&mut self, e: &LogEntry) -> Result<(), StreamEnd> {
         self.pos = e.seq;
         if e.path.contains(&self.link.peer) {
             // It came from (or through) that peer: never send an update back along its path.
@@ -164,7 +169,7 @@ impl Stream {
     }
 
     /// Lets the peer acknowledge past entries we skipped.
-    async fn flush_progress(&mut self) -> Result<(), String> {
+    async fn flush_progress(&mut self) -> Result<(), StreamEnd> {
         if self.skipped {
             self.skipped = false;
             self.put(PeerMessage::Progress { seq: self.pos }.encode())
@@ -173,7 +178,7 @@ impl Stream {
         Ok(())
     }
 
-    async fn wait_for_window(&mut self) -> Result<(), String> {
+    async fn wait_for_window(&mut self) -> Result<(), StreamEnd> {
         loop {
             let acked = *self.acked.borrow();
             if self.pos.saturating_sub(acked) <= WINDOW {
@@ -182,11 +187,11 @@ impl Stream {
             self.acked
                 .changed()
                 .await
-                .map_err(|_| "link closed".to_string())?;
+                .map_err(|_| StreamEnd::LinkClosed)?;
         }
     }
 
-    async fn put(&self, bytes: Vec<u8>) -> Result<(), String> {
+    async fn put(&self, bytes: Vec<u8>) -> Result<(), StreamEnd> {
         self.stats
             .sent_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -194,19 +199,14 @@ impl Stream {
             .out
             .send(Bytes::from(bytes))
             .await
-            .map_err(|_| "link closed".to_string())
+            .map_err(|_| StreamEnd::LinkClosed)
     }
 
-    async fn send_snapshots(&mut self) -> Result<(), String> {
+    async fn send_snapshots(&mut self) -> Result<(), StreamEnd> {
         let mut after = 0;
         let mut sent = 0usize;
         loop {
-            let page = self
-                .hub
-                .store
-                .read_snapshots(after, 64)
-                .await
-                .map_err(|e| e.to_string())?;
+            let page = self.hub.store.read_snapshots(after, 64).await?;
             let Some((last, _, _)) = page.last() else {
                 break;
             };

@@ -10,6 +10,7 @@
 //! [`concord_crdt::PeerMessage`] starts with (a small varint tag), so an unframed message from an
 //! older node is refused by name instead of being misread.
 
+use axum::extract::ws::close_code;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Largest payload of one frame. Small enough that a piece crosses even a 2 kB/s link within the
@@ -44,8 +45,8 @@ impl FrameError {
     /// The WebSocket close code that says so.
     pub fn close_code(&self) -> u16 {
         match self {
-            FrameError::TooLarge { .. } => 1009,
-            _ => 1002,
+            FrameError::TooLarge { .. } => close_code::SIZE,
+            _ => close_code::PROTOCOL,
         }
     }
 }
