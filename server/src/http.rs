@@ -31,6 +31,7 @@ use tracing::{Instrument, debug, warn};
 use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::handles::{ReadKind, RoomMsg};
 use crate::replication::socket::bridge;
+use crate::store::StoreError;
 use crate::tls::Transport;
 use crate::upgrade::Upgrade;
 use crate::{App, connection, replication};
@@ -219,7 +220,7 @@ async fn doc_read(
     }
     let answer = match read_doc(&app, &doc, kind).await {
         Ok(answer) => answer,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     match answer {
         None => (
@@ -234,27 +235,29 @@ async fn doc_read(
     }
 }
 
-async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec<u8>>, String> {
+/// Why an HTTP read of a document failed (500, with this text).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("document closed while reading; retry")]
+    Closed,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec<u8>>, ReadError> {
     if let Some(room) = app.registry.live_room(doc) {
         let (reply, answer) = oneshot::channel();
         if room.tx.send(RoomMsg::Read { kind, reply }).await.is_ok() {
-            return answer
-                .await
-                .map_err(|_| "document closed while reading; retry".to_string());
+            return answer.await.map_err(|_| ReadError::Closed);
         }
-        return Err("document closed while reading; retry".into());
+        return Err(ReadError::Closed);
     }
-    let Some(stored) = app
-        .registry
-        .store
-        .load(doc)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(stored) = app.registry.store.load(doc).await? else {
         return Ok(None);
     };
-    let state =
-        DocState::load(stored.parts()).map_err(|e| format!("stored data is corrupt: {e}"))?;
+    let state = DocState::load(stored.parts()).map_err(|e| ReadError::Corrupt(e.to_string()))?;
     Ok(Some(match kind {
         ReadKind::Update => state.full_state(),
         ReadKind::Text(root) => state.text(&root).unwrap_or_default().into_bytes(),
