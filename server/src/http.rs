@@ -176,16 +176,20 @@ async fn peer(
         .on_upgrade(move |socket| {
             // axum runs this in a task of its own: it enters the node's span again.
             let _node = span.enter();
-            let sock = bridge(socket, hub.shutdown.child_token(), &hub.sockets);
-            replication::link::accept(
-                hub,
-                registry,
-                sock,
-                remote,
-                slot,
-                transport.binding().to_vec(),
+            let sock = bridge(socket, hub.shutdown.child_token(), &hub.tasks);
+            // Tracked with the rest of replication, so shutdown waits for the link's last writes.
+            let tasks = hub.tasks.clone();
+            tasks.track_future(
+                replication::link::accept(
+                    hub,
+                    registry,
+                    sock,
+                    remote,
+                    slot,
+                    transport.binding().to_vec(),
+                )
+                .instrument(span.clone()),
             )
-            .instrument(span.clone())
         })
 }
 

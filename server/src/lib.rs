@@ -82,6 +82,11 @@ pub struct App {
 
 /// How long shutdown waits for connections to say goodbye before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for rooms to finish the writes they have in flight. A room stops
+/// taking messages at the shutdown signal, so this is one group commit (milliseconds), or a
+/// compaction of the largest document (tens of milliseconds per MB); past it the store closes
+/// anyway, and what those rooms still write fails (their clients resend it on reconnect).
+const ROOM_GRACE: Duration = Duration::from_secs(30);
 
 /// Binds `config.listen` and serves until `stop` completes.
 pub async fn serve(
@@ -195,7 +200,8 @@ async fn serve_node(
         gate,
         admission,
     });
-    tokio::spawn(memory::trim_task(shutdown.clone()).in_current_span());
+    let background = TaskTracker::new();
+    background.spawn(memory::trim_task(shutdown.clone()).in_current_span());
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
     info!(
         "web demo: {}",
@@ -224,28 +230,34 @@ async fn serve_node(
     )
     .await;
 
-    // Upgraded sockets outlive the accept loop; wait for ours to send their close frames.
-    app.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
-    }
-    // Peer links send their close frames (`node shutting down`) within 2 s each.
-    app.replication.sockets.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, app.replication.sockets.wait())
-        .await
-        .is_err()
-    {
-        warn!("some peer links did not close within {SHUTDOWN_GRACE:?}");
-    }
-    // Rooms finish their writes in flight, then the store commits what is queued and closes.
-    registry.tasks.close();
-    registry.tasks.wait().await;
+    // Shutdown, in this order (each wait bounded, so a stuck task cannot keep the node up):
+    // 1. The signal (above) cancelled `shutdown`: the accept loop stops, and every task of the
+    //    node sees it: client connections send 1001, peer links send `node shutting down`,
+    //    dialers stop retrying, rooms stop taking messages, the memory-trim task ends.
+    // 2. The accept loop has returned (busy HTTP connections got SHUTDOWN_GRACE).
+    // 3. Client connections send their close frames (SHUTDOWN_GRACE).
+    // 4. Replication ends: links, their log streams and acknowledgement loops (which record the
+    //    last cursors in the store), dialers, peer sockets (SHUTDOWN_GRACE).
+    // 5. Rooms finish their writes in flight (ROOM_GRACE).
+    // 6. The store commits what is queued and closes; nothing writes to it after this.
+    wait_bounded(&app.tasks, SHUTDOWN_GRACE, "connections").await;
+    wait_bounded(&app.replication.tasks, SHUTDOWN_GRACE, "peer links").await;
+    wait_bounded(&registry.tasks, ROOM_GRACE, "rooms").await;
+    wait_bounded(&background, SHUTDOWN_GRACE, "background tasks").await;
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Closes `tasks` and waits for them to end, at most `grace`; says so if some did not.
+async fn wait_bounded(tasks: &TaskTracker, grace: Duration, what: &str) {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        warn!(
+            unfinished = tasks.len(),
+            "some {what} did not finish within {grace:?}; stopping anyway"
+        );
+    }
 }
 
 /// The part of the command line rooms use.

@@ -129,7 +129,7 @@ async fn attempt(
         .await
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    let mut sock = bridge(dialed.ws, hub.shutdown.child_token(), &hub.sockets);
+    let mut sock = bridge(dialed.ws, hub.shutdown.child_token(), &hub.tasks);
     let peer = match super::auth::dial(&mut sock, &hub.me, &secret, &dialed.binding).await {
         Ok(peer) => peer,
         Err(e) => {

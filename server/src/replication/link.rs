@@ -146,7 +146,7 @@ pub async fn run(
 
     let (acked_tx, acked_rx) = watch::channel(cursor);
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-    let sender = tokio::spawn(
+    let sender = hub.tasks.spawn(
         super::stream::stream_log(
             hub.clone(),
             link.clone(),
@@ -157,9 +157,12 @@ pub async fn run(
         )
         .in_current_span(),
     );
-    let acker =
-        tokio::spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span());
-    let offer = tokio::spawn(offer_live_docs(registry.clone(), link.clone()).in_current_span());
+    let acker = hub
+        .tasks
+        .spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span());
+    let offer = hub
+        .tasks
+        .spawn(offer_live_docs(registry.clone(), link.clone()).in_current_span());
 
     let mut persisted = (cursor, Instant::now());
     loop {

@@ -152,9 +152,11 @@ pub struct Replication {
     handshakes: Arc<tokio::sync::Semaphore>,
     pub store: SharedStore,
     pub shutdown: CancellationToken,
-    /// The peer sockets' reader and writer tasks: shutdown waits for them (bounded), so every
-    /// peer gets its `node shutting down` close frame before the process ends.
-    pub sockets: TaskTracker,
+    /// Every task replication runs: dialers, links (and their log streams and acknowledgement
+    /// loops, which write the last cursors), the peer sockets' readers and writers, peer
+    /// records. Shutdown waits for them (bounded) before it closes the store, so no cursor write
+    /// races the store's close, and every peer gets its `node shutting down` close frame.
+    pub tasks: TaskTracker,
     next_link: AtomicU64,
 }
 
@@ -185,16 +187,15 @@ impl Replication {
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
             store,
             shutdown,
-            sockets: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             next_link: AtomicU64::new(1),
         })
     }
 
-    /// Connects the hub to the documents and starts dialing the configured peers.
     /// Starts dialing the configured peers; their links deliver into `registry`'s rooms.
     pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
         for url in &self.configured {
-            tokio::spawn(
+            self.tasks.spawn(
                 dial::dial_forever(self.clone(), registry.clone(), url.clone()).in_current_span(),
             );
         }
@@ -253,7 +254,7 @@ impl Replication {
         };
         let store = self.store.clone();
         let id = peer.node_id.clone();
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 if let Err(e) = store.remember_peer(&id, info).await {
                     debug!(peer = %id, error = %e, "could not record the peer");
