@@ -225,6 +225,13 @@ pub struct LimitArgs {
     #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Live documents at most (0: no limit). Over it, a client opening a document that is not
+    /// live gets 503 before the upgrade, and so does an HTTP read of one; live documents are
+    /// joined and read whatever the count. Peers' replicated updates are never refused (they
+    /// may take the count over the limit).
+    #[arg(long, env = "CONCORD_MAX_LIVE_DOCS", default_value_t = 100_000)]
+    pub max_live_docs: usize,
+
     /// How long a new TCP connection may take to send its request headers (and, with TLS, to
     /// finish the TLS handshake) before it is cut: slowloris protection.
     #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
@@ -250,6 +257,7 @@ impl Default for LimitArgs {
         LimitArgs {
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            max_live_docs: 100_000,
             handshake_timeout: Duration::from_secs(10),
             max_pending_connections: 1024,
         }

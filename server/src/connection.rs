@@ -32,15 +32,18 @@ use crate::App;
 use crate::auth::{Access, Grant};
 use crate::control::Control;
 use crate::handles::{ClientHandle, ConnId, JoinError, RoomMsg};
+use crate::limits::DocSlot;
 use crate::linger::{self, DRAIN_MAX_BYTES};
 use crate::upgrade::ClientSocket;
 
-/// Serves one upgraded socket until it closes.
+/// Serves one upgraded socket until it closes. `slot`: the document's place under
+/// `--max-live-docs`, reserved before the upgrade when it was not live.
 pub async fn serve(
     socket: ClientSocket,
     doc: DocName,
     peer: SocketAddr,
     grant: Grant,
+    slot: Option<DocSlot>,
     app: Arc<App>,
 ) {
     let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -65,7 +68,7 @@ pub async fn serve(
     // close code), never because the room or a failed join dropped the last sender first.
     let _keep_queue_open = client.clone();
     let mut framing_failed = false;
-    match app.registry.join(&doc, client).await {
+    match app.registry.join_with(&doc, client, slot).await {
         Ok(room) => {
             let reader = Reader {
                 doc: &doc,

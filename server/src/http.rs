@@ -219,6 +219,10 @@ async fn doc_read(
         Ok(doc) => doc,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    // At `--max-live-docs`, a document that is not live is not loaded, not even for a read.
+    if let Err(refusal) = app.registry.may_open(&doc) {
+        return (refusal.status(), refusal.to_string()).into_response();
+    }
     if let Err(refused) = authorize(&app, Need::Read, Some(&doc), remote, &headers, query).await {
         return refused;
     }
@@ -292,9 +296,10 @@ async fn demo_css() -> impl IntoResponse {
     )
 }
 
-/// Validates the name and the token before upgrading, so a bad name costs a 400, a missing or
-/// bad token a 401 and a token without access a 403, and none of them a socket: clients retry
-/// rejected upgrades in a loop, so rejection must be cheap.
+/// Validates the name and the token before upgrading, so a bad name costs a 400, a full server
+/// (`--max-connections`, `--max-live-docs`) a 503, a missing or bad token a 401 and a token
+/// without access a 403, and none of them a socket: clients retry rejected upgrades in a loop,
+/// so rejection must be cheap.
 async fn websocket(
     State(app): State<Arc<App>>,
     Path(doc): Path<String>,
@@ -316,9 +321,18 @@ async fn websocket(
         Ok(permit) => permit,
         Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
     };
+    if let Err(refusal) = app.registry.may_open(&doc) {
+        return (refusal.status(), refusal.to_string()).into_response();
+    }
     let grant = match authorize(&app, Need::Connect, Some(&doc), peer, &headers, query).await {
         Ok(grant) => grant,
         Err(refused) => return refused,
+    };
+    // The new document's place under `--max-live-docs` (the check above reserved nothing),
+    // held until the room it starts takes it over.
+    let slot = match app.registry.reserve(&doc) {
+        Ok(slot) => slot,
+        Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
     };
     let limit = app.config.max_message_size;
     let config = WebSocketConfig::default()
@@ -331,7 +345,7 @@ async fn websocket(
     ws.on_upgrade(config, move |socket| {
         let tasks = app.tasks.clone();
         tasks.track_future(async move {
-            connection::serve(socket, doc, peer, grant, app).await;
+            connection::serve(socket, doc, peer, grant, slot, app).await;
             drop(permit);
         })
     })

@@ -178,11 +178,12 @@ async fn serve_node(
         shutdown.child_token(),
     );
     replication.recall_peers().await;
-    let registry = Registry::new(
+    let registry = Registry::with_max_live_docs(
         room_config(&config),
         store.clone(),
         shutdown.child_token(),
         Some(replication.clone()),
+        config.limits.max_live_docs,
     );
     replication.start(&registry);
     let admission = limits::Admission::new(

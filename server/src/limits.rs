@@ -1,6 +1,6 @@
 //! Admission of client WebSocket connections against `--max-connections` and
-//! `--max-connections-per-ip`, so that one client (or a flood of them) cannot take every socket
-//! and every byte of memory the server has.
+//! `--max-connections-per-ip`, and of new live documents against `--max-live-docs`, so that one
+//! client (or a flood of them) cannot take every socket and every byte of memory the server has.
 //!
 //! [`Admission::try_admit`] is called before the upgrade and returns a [`Permit`] that holds one
 //! place until it is dropped; the connection task owns it, so a place is held exactly as long as
@@ -8,6 +8,13 @@
 //! total, the map shard's lock for an address), so concurrent upgrades can never overshoot a
 //! limit. The per-address map only holds addresses with a live connection: an entry is removed
 //! when its count returns to zero, so it is bounded by the number of open connections.
+//!
+//! [`LiveDocs`] counts live documents the same way: a [`DocSlot`] is reserved before a room is
+//! started (one compare-and-swap, so clients opening documents concurrently never overshoot the
+//! limit) and is held by the room's task until it ends. Documents started for a peer's
+//! replicated update, or to take over a just-evicted room's queued messages, take a slot without
+//! the check ([`LiveDocs::reserve`]): refusing them would lose data, so they may go over the
+//! limit, and then new documents are refused until enough rooms have gone.
 //!
 //! Refusals are logged at debug one by one and at warn at most once per [`WARN_EVERY`], with how
 //! many there were since the previous warning: a flood of upgrades must not flood the log.
@@ -34,14 +41,17 @@ pub enum Refusal {
     /// `--max-connections-per-ip` connections are open from this address.
     #[error("too many connections from this address (limit {0})")]
     PerIp(usize),
+    /// `--max-live-docs` documents are live and this one is not.
+    #[error("too many live documents on this node (limit {0}); retry later")]
+    LiveDocs(usize),
 }
 
 impl Refusal {
-    /// The HTTP status to answer the upgrade request with: 503 when the server is full (it is
-    /// not the client's fault), 429 when this address holds too many connections.
+    /// The HTTP status to answer the request with: 503 when the server is full (it is not the
+    /// client's fault), 429 when this address holds too many connections.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Full(_) | Refusal::LiveDocs(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -142,6 +152,76 @@ impl Drop for Permit {
             }
         }
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts live documents (running room tasks) against `--max-live-docs` (0: no limit).
+pub struct LiveDocs {
+    max: usize,
+    live: AtomicUsize,
+    warnings: RateLimit,
+}
+
+/// One live document's place, held by its room's task; dropping it frees the place.
+#[must_use = "the place is freed as soon as the slot is dropped"]
+pub struct DocSlot {
+    docs: Arc<LiveDocs>,
+}
+
+impl LiveDocs {
+    pub fn new(max: usize) -> Arc<LiveDocs> {
+        Arc::new(LiveDocs {
+            max,
+            live: AtomicUsize::new(0),
+            warnings: RateLimit::new(WARN_EVERY),
+        })
+    }
+
+    /// A place for one more live document, or [`Refusal::LiveDocs`] when the limit is reached.
+    /// Not logged: the caller knows the document, see [`LiveDocs::refused`].
+    pub fn try_reserve(self: &Arc<Self>) -> Result<DocSlot, Refusal> {
+        let max = self.max;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .map_err(|_| Refusal::LiveDocs(max))?;
+        Ok(DocSlot { docs: self.clone() })
+    }
+
+    /// A place whatever the limit, for a document that must not be refused (see the module doc).
+    pub fn reserve(self: &Arc<Self>) -> DocSlot {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        DocSlot { docs: self.clone() }
+    }
+
+    /// Whether a new document would be admitted now, without reserving its place (a check
+    /// before work that starts no room, or before asking the auth backend).
+    pub fn check(&self) -> Result<(), Refusal> {
+        let n = self.live.load(Ordering::Acquire);
+        match self.max == 0 || n < self.max {
+            true => Ok(()),
+            false => Err(Refusal::LiveDocs(self.max)),
+        }
+    }
+
+    /// Logs the refusal of `doc` (see the module doc for how often).
+    pub fn refused(&self, doc: &str, refusal: &Refusal) {
+        debug!(%doc, reason = %refusal, "new document refused");
+        if let Some(refused) = self.warnings.due() {
+            warn!(%doc, reason = %refusal, refused, "new documents refused at the live document limit (count since the last warning)");
+        }
+    }
+
+    /// Places held: rooms started and not yet ended.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for DocSlot {
+    fn drop(&mut self) {
+        self.docs.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -271,6 +351,70 @@ mod tests {
         assert_eq!(admitted.iter().map(Vec::len).sum::<usize>(), 50);
         drop(admitted);
         assert_eq!(a.open(), 0);
+    }
+
+    #[test]
+    fn live_docs_refuse_over_the_limit_and_free_on_drop() {
+        let d = LiveDocs::new(2);
+        let s1 = d.try_reserve().unwrap();
+        let _s2 = d.try_reserve().unwrap();
+        assert_eq!(d.try_reserve().err(), Some(Refusal::LiveDocs(2)));
+        assert_eq!(d.check(), Err(Refusal::LiveDocs(2)));
+        assert_eq!(
+            Refusal::LiveDocs(2).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(d.live(), 2, "a refusal holds no place");
+        drop(s1);
+        assert_eq!(d.check(), Ok(()));
+        let _s3 = d.try_reserve().unwrap();
+    }
+
+    #[test]
+    fn live_docs_reserved_without_the_check_go_over_and_block_new_ones() {
+        let d = LiveDocs::new(1);
+        let s1 = d.try_reserve().unwrap();
+        let forced = d.reserve();
+        assert_eq!(d.live(), 2, "a forced place goes over the limit");
+        drop(s1);
+        assert!(
+            d.try_reserve().is_err(),
+            "still at the limit: the forced place counts"
+        );
+        drop(forced);
+        let _s = d.try_reserve().unwrap();
+    }
+
+    #[test]
+    fn live_docs_zero_means_no_limit_and_concurrent_reservations_never_overshoot() {
+        let unlimited = LiveDocs::new(0);
+        let slots: Vec<_> = (0..1000)
+            .map(|_| unlimited.try_reserve().unwrap())
+            .collect();
+        assert_eq!(unlimited.live(), 1000);
+        drop(slots);
+        assert_eq!(unlimited.live(), 0);
+
+        let d = LiveDocs::new(50);
+        let reserved = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let d = d.clone();
+                    s.spawn(move || {
+                        (0..100)
+                            .filter_map(|_| d.try_reserve().ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(reserved.iter().map(Vec::len).sum::<usize>(), 50);
+        drop(reserved);
+        assert_eq!(d.live(), 0);
     }
 
     #[test]

@@ -4,18 +4,27 @@
 //! across an `.await`: a lookup clones the room's sender and releases the shard at once. A room
 //! removes itself when it is evicted or fails to load; the generation number makes sure it only
 //! removes itself, never a successor started in the meantime.
+//!
+//! Every room holds a [`DocSlot`] of `--max-live-docs` until its task ends. A client reserves
+//! the slot of a document that is not live ([`Registry::reserve`], refused at the limit) before
+//! its upgrade and hands it to [`Registry::join_with`], which gives it to the room it starts; a
+//! document already live is joined whatever the count. Peers' replicated updates and a closing
+//! room's queued messages go through [`Registry::deliver`], which starts the room regardless:
+//! refusing them would lose data (see [`crate::limits`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use concord_crdt::DocName;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::handles::{ClientHandle, JoinError, PeerRelay, RoomMsg};
+use crate::limits::{DocSlot, LiveDocs, Refusal};
 use crate::room::{Directory, Room, RoomConfig, RoomEnv};
 use crate::store::SharedStore;
 
@@ -38,6 +47,8 @@ pub struct Registry {
     pub tasks: TaskTracker,
     /// The node's span (its region), which every room's log lines carry, whoever started it.
     span: tracing::Span,
+    /// Running rooms, against `--max-live-docs`.
+    live_docs: Arc<LiveDocs>,
 }
 
 /// How many times a join retries when it races with its room's eviction.
@@ -45,12 +56,23 @@ const JOIN_RETRIES: usize = 8;
 
 impl Registry {
     /// `peers` is what rooms relay to (the replication hub), or `None` on a node without peers
-    /// and in tests that drive rooms alone.
+    /// and in tests that drive rooms alone. No limit on live documents.
     pub fn new(
         config: RoomConfig,
         store: SharedStore,
         shutdown: CancellationToken,
         peers: Option<Arc<dyn PeerRelay>>,
+    ) -> Arc<Self> {
+        Registry::with_max_live_docs(config, store, shutdown, peers, 0)
+    }
+
+    /// [`Registry::new`] with at most `max_live_docs` documents opened by clients (0: no limit).
+    pub fn with_max_live_docs(
+        config: RoomConfig,
+        store: SharedStore,
+        shutdown: CancellationToken,
+        peers: Option<Arc<dyn PeerRelay>>,
+        max_live_docs: usize,
     ) -> Arc<Self> {
         Arc::new(Registry {
             docs: DashMap::new(),
@@ -65,38 +87,73 @@ impl Registry {
             shutdown,
             tasks: TaskTracker::new(),
             span: tracing::Span::current(),
+            live_docs: LiveDocs::new(max_live_docs),
         })
     }
 
-    /// The room of `name`, started (and loading) if it is not live.
+    /// The room of `name`, started (and loading) if it is not live, whatever the number of live
+    /// documents.
     pub fn room(self: &Arc<Self>, name: &DocName) -> RoomHandle {
-        if let Some(h) = self.docs.get(name)
-            && !h.tx.is_closed()
-        {
-            return h.clone();
-        }
-        let mut entry = self
-            .docs
-            .entry(name.clone())
-            .or_insert_with(|| self.spawn(name));
-        if entry.tx.is_closed() {
-            *entry = self.spawn(name);
-        }
-        entry.clone()
+        self.start(name, None)
     }
 
-    fn spawn(self: &Arc<Self>, name: &DocName) -> RoomHandle {
+    /// A place under `--max-live-docs` for a client about to join `name`: `None` if the
+    /// document is live (joining it needs none), or the refusal (logged) when the limit is
+    /// reached. Two clients racing to open one document may both reserve; the place the room
+    /// does not use is freed when [`Registry::join_with`] finds the room started.
+    pub fn reserve(&self, name: &DocName) -> Result<Option<DocSlot>, Refusal> {
+        if self.live_room(name).is_some() {
+            return Ok(None);
+        }
+        self.live_docs
+            .try_reserve()
+            .map(Some)
+            .inspect_err(|refusal| self.live_docs.refused(name.as_str(), refusal))
+    }
+
+    /// Whether a client could open `name` now (it is live, or under the limit), reserving
+    /// nothing: checked before asking the auth backend, and for reads, which start no room. A
+    /// refusal is logged.
+    pub fn may_open(&self, name: &DocName) -> Result<(), Refusal> {
+        if self.live_room(name).is_some() {
+            return Ok(());
+        }
+        self.live_docs
+            .check()
+            .inspect_err(|refusal| self.live_docs.refused(name.as_str(), refusal))
+    }
+
+    /// The live room of `name`, or a new one holding `slot` (a fresh slot, whatever the limit,
+    /// if none is given). Started under the map's shard lock, so one name never has two rooms.
+    fn start(self: &Arc<Self>, name: &DocName, slot: Option<DocSlot>) -> RoomHandle {
+        if let Some(h) = self.live_room(name) {
+            return h;
+        }
+        match self.docs.entry(name.clone()) {
+            Entry::Occupied(e) if !e.get().tx.is_closed() => e.get().clone(),
+            entry => {
+                let slot = slot.unwrap_or_else(|| self.live_docs.reserve());
+                entry.insert(self.spawn(name, slot)).clone()
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, name: &DocName, slot: DocSlot) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.env.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let run = Room::run(
+            name.clone(),
+            generation,
+            self.env.clone(),
+            self.clone(),
+            tx.downgrade(),
+            rx,
+        );
         self.tasks.spawn(
-            Room::run(
-                name.clone(),
-                generation,
-                self.env.clone(),
-                self.clone(),
-                tx.downgrade(),
-                rx,
-            )
+            async move {
+                run.await;
+                drop(slot); // the room's state is gone: its place is free
+            }
             .instrument(self.span.clone()),
         );
         RoomHandle { tx, generation }
@@ -109,11 +166,23 @@ impl Registry {
         name: &DocName,
         client: ClientHandle,
     ) -> Result<mpsc::Sender<RoomMsg>, JoinError> {
+        self.join_with(name, client, None).await
+    }
+
+    /// [`Registry::join`] with the place [`Registry::reserve`] gave the client, used if the
+    /// room has to be started. A room started on a retry (the first one closed meanwhile, so a
+    /// place was just freed) takes a place whatever the limit.
+    pub async fn join_with(
+        self: &Arc<Self>,
+        name: &DocName,
+        client: ClientHandle,
+        mut slot: Option<DocSlot>,
+    ) -> Result<mpsc::Sender<RoomMsg>, JoinError> {
         for _ in 0..JOIN_RETRIES {
             if self.shutdown.is_cancelled() {
                 return Err(JoinError::Unavailable);
             }
-            let room = self.room(name);
+            let room = self.start(name, slot.take());
             let (reply, answer) = oneshot::channel();
             if room
                 .tx
