@@ -1,0 +1,104 @@
+//! The compaction policy: when a room replaces its document's log with a snapshot.
+//!
+//! A document loads from its snapshot plus the log written since, so the log must not grow
+//! without bound; but a snapshot encodes the whole document, which holds up everything queued
+//! behind it. [`due`] weighs the two (pure, tested below); [`Room::maybe_compact`] asks it once
+//! per wake-up and writes the snapshot through the outbox like any other write.
+
+use tracing::debug;
+
+use super::outbox::Outbox;
+use super::{Room, RoomConfig};
+use crate::store::{LogTail, StoreError};
+
+/// How far past its compaction threshold a room with messages waiting lets its log grow before
+/// it compacts anyway.
+const BUSY_COMPACTION_FACTOR: u64 = 4;
+
+/// Whether a log `tail` is due for compaction: past `--compact-after-bytes`, or past
+/// `--compact-after-updates` entries that also weigh at least half the snapshot. The second
+/// condition keeps compaction's cost (encoding the whole document) proportional to what was
+/// written: a big document typed into a keystroke at a time would otherwise be re-encoded every
+/// thousand keystrokes. Loads stay bounded: at most the snapshot plus half its size again in log
+/// entries (or the byte threshold).
+///
+/// While more messages wait (`busy`), compaction is put off until the log is
+/// [`BUSY_COMPACTION_FACTOR`] times over the threshold: a room catches up first and compacts in
+/// its next quiet moment.
+fn due(tail: LogTail, cfg: &RoomConfig, busy: bool) -> bool {
+    let k = if busy { BUSY_COMPACTION_FACTOR } else { 1 };
+    tail.bytes >= cfg.compact_after_bytes.saturating_mul(k)
+        || (tail.entries >= cfg.compact_after_updates.saturating_mul(k)
+            && tail.bytes >= (tail.snapshot_bytes / 2).saturating_mul(k))
+}
+
+impl Room {
+    /// Compacts if [`due`]. The store writes in order, so the snapshot covers exactly the
+    /// updates appended so far.
+    pub(super) async fn maybe_compact(
+        &mut self,
+        outbox: &mut Outbox,
+        busy: bool,
+    ) -> Result<(), StoreError> {
+        let tail = self.tail;
+        if !due(tail, &self.env.config, busy) {
+            return Ok(());
+        }
+        debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, "compacting");
+        let snapshot = self.state.full_state();
+        let snapshot_bytes = snapshot.len() as u64;
+        let commit = self.env.store.compact(&self.name, snapshot).await?;
+        outbox.push(commit, Vec::new());
+        self.tail = LogTail {
+            snapshot_bytes,
+            ..LogTail::default()
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+
+    fn config() -> RoomConfig {
+        RoomConfig {
+            evict_after: std::time::Duration::from_secs(1),
+            durability: Durability::Sync,
+            compact_after_updates: 100,
+            compact_after_bytes: 10_000,
+            doc_queue: 16,
+        }
+    }
+
+    fn tail(entries: u64, bytes: u64, snapshot_bytes: u64) -> LogTail {
+        LogTail {
+            entries,
+            bytes,
+            snapshot_bytes,
+        }
+    }
+
+    #[test]
+    fn a_log_past_the_byte_threshold_is_compacted() {
+        assert!(!due(tail(1, 9_999, 0), &config(), false));
+        assert!(due(tail(1, 10_000, 0), &config(), false));
+    }
+
+    #[test]
+    fn many_entries_are_compacted_only_once_they_weigh_half_the_snapshot() {
+        // 100 keystrokes into an 8 KB document: not yet worth re-encoding it.
+        assert!(!due(tail(100, 3_999, 8_000), &config(), false));
+        assert!(due(tail(100, 4_000, 8_000), &config(), false));
+        assert!(!due(tail(99, 4_000, 8_000), &config(), false));
+    }
+
+    #[test]
+    fn a_busy_room_puts_compaction_off_up_to_four_times_the_threshold() {
+        assert!(!due(tail(1, 39_999, 0), &config(), true));
+        assert!(due(tail(1, 40_000, 0), &config(), true));
+        assert!(!due(tail(399, 16_000, 8_000), &config(), true));
+        assert!(due(tail(400, 16_000, 8_000), &config(), true));
+    }
+}

@@ -1,0 +1,106 @@
+//! A run of document updates (consecutive in the inbox, from clients and peers) applied in one
+//! transaction, judged one by one, stored as one write and relayed in order.
+//!
+//! Applying a wake-up's updates together costs one yrs transaction and one store write instead
+//! of one each, while every update still gets its own verdict: a client's unusable update closes
+//! that client (and whatever it queued after is skipped), a peer's is skipped with a warning, an
+//! update that brings nothing new is neither stored nor relayed. What the run makes visible is
+//! placed by the rule "effects wait for their commit" (`outbox`).
+
+use axum::extract::ws::close_code;
+use bytes::Bytes;
+use concord_crdt::{Applied, ApplyError, IncomingUpdate, encode};
+use tracing::warn;
+
+use super::outbox::{Effect, Kind, Outbox};
+use super::{Room, Source};
+use crate::handles::ConnId;
+use crate::store::{Append, StoreError};
+
+impl Room {
+    /// Applies `run` in one transaction, then stores the updates that changed the document in
+    /// one write and relays them in order. Like `Room::handle`, it skips updates from a
+    /// connection that was refused, in this run or before; updates from a member that has just
+    /// been dropped (its socket ended while they were queued) are kept.
+    pub(super) async fn accept_updates(
+        &mut self,
+        run: &mut Vec<(Source, IncomingUpdate)>,
+        outbox: &mut Outbox,
+    ) -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut refused: Vec<ConnId> = Vec::new();
+        let verdicts: Vec<Option<Result<Applied, ApplyError>>> = {
+            let earlier = &self.refused;
+            let mut batch = self.state.batch();
+            run.iter_mut()
+                .map(|(source, update)| {
+                    if let Source::Client(id) = source
+                        && (earlier.contains(id) || refused.contains(id))
+                    {
+                        return None;
+                    }
+                    let verdict = batch.apply(std::mem::take(&mut update.decoded));
+                    if let (Err(_), Source::Client(id)) = (&verdict, &*source) {
+                        refused.push(*id);
+                    }
+                    Some(verdict)
+                })
+                .collect()
+        };
+        // What changed the document is appended as one write; its broadcasts (sync durability)
+        // and the peers' acknowledgements wait for that write, in order.
+        let mut appends = Vec::new();
+        let mut then = Vec::new();
+        for ((source, update), verdict) in run.drain(..).zip(verdicts) {
+            let Some(verdict) = verdict else { continue };
+            let from_peer = matches!(source, Source::Peer { .. });
+            let (path, done) = match (source, verdict) {
+                (Source::Client(_), Ok(Applied::Changed)) => (Vec::new(), None),
+                (Source::Client(_), Ok(Applied::Unchanged)) => continue,
+                (Source::Client(id), Err(e)) => {
+                    self.reject(id, close_code::INVALID, e.to_string());
+                    continue;
+                }
+                (Source::Peer { path, done }, Ok(Applied::Changed)) => (path, done),
+                // Nothing new (or unusable), but it may be new only to writes still in flight,
+                // this run's included: acknowledge it once those are durable.
+                (Source::Peer { path, done }, verdict) => {
+                    if let Err(e) = verdict {
+                        warn!(doc = %self.name, ?path, error = %e, "a peer's update does not apply; skipping it");
+                    }
+                    if let Some(done) = done {
+                        let this_run = (!appends.is_empty()).then_some(&mut then);
+                        self.place(outbox, this_run, Kind::Ack, Effect::Done(done));
+                    }
+                    continue;
+                }
+            };
+            let bytes = Bytes::from(update.bytes);
+            let frame = Bytes::from(encode::update(&bytes));
+            self.tail.entries += 1;
+            self.tail.bytes += bytes.len() as u64;
+            appends.push(Append {
+                doc: self.name.clone(),
+                update: bytes,
+                path,
+            });
+            let relay = Kind::Relay { from_peer };
+            self.place(outbox, Some(&mut then), relay, Effect::Broadcast(frame));
+            if let Some(done) = done {
+                self.place(outbox, Some(&mut then), Kind::Ack, Effect::Done(done));
+            }
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        let commit = self.env.store.append_all(appends).await?;
+        self.exists = true;
+        outbox.push(commit, then);
+        if self.repair_due.is_none() {
+            self.repair_gaps();
+        }
+        Ok(())
+    }
+}
