@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::App;
+use crate::app::App;
 use crate::auth::{Access, Grant};
 use crate::control::Control;
 use crate::handles::{ClientHandle, ConnId, JoinError, RoomMsg};

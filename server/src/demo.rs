@@ -37,7 +37,7 @@ pub async fn run(
         for (j, target) in addrs.iter().enumerate().skip(i + 1) {
             let p = DelayProxy::start("127.0.0.1:0".parse()?, *target, args.latency).await?;
             // The region dials its peer at the proxy's port: say once which region that is.
-            crate::node_span(&args.regions[i]).in_scope(|| {
+            crate::node::node_span(&args.regions[i]).in_scope(|| {
                 info!(peer_region = %args.regions[j], proxy = %p.addr, latency = ?args.latency, "peer dialed through a delay proxy");
             });
             dialer.push(format!("http://{}", p.addr));
@@ -63,7 +63,7 @@ pub async fn run(
             argv.push(format!("--peers={}", peers[i].join(",")));
         }
         let config = ServeArgs::parse_from(argv);
-        servers.push(crate::serve_on(
+        servers.push(crate::node::serve_on(
             listener,
             config,
             shutdown.clone().cancelled_owned(),

@@ -28,13 +28,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::{Instrument, debug, warn};
 
+use crate::app::App;
 use crate::auth::{Credentials, Grant, Need, Refusal};
 use crate::handles::{ReadKind, RoomMsg};
 use crate::replication::socket::bridge;
 use crate::store::StoreError;
 use crate::tls::Transport;
 use crate::upgrade::Upgrade;
-use crate::{App, connection, replication};
+use crate::{connection, replication};
 
 pub fn router(app: Arc<App>) -> Router {
     // The read API and status may be read from another region's page (the demo's replication
@@ -219,10 +220,6 @@ async fn doc_read(
         Ok(doc) => doc,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    // At `--max-live-docs`, a document that is not live is not loaded, not even for a read.
-    if let Err(refusal) = app.registry.may_open(&doc) {
-        return (refusal.status(), refusal.to_string()).into_response();
-    }
     if let Err(refused) = authorize(&app, Need::Read, Some(&doc), remote, &headers, query).await {
         return refused;
     }
@@ -321,15 +318,13 @@ async fn websocket(
         Ok(permit) => permit,
         Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
     };
-    if let Err(refusal) = app.registry.may_open(&doc) {
-        return (refusal.status(), refusal.to_string()).into_response();
-    }
     let grant = match authorize(&app, Need::Connect, Some(&doc), peer, &headers, query).await {
         Ok(grant) => grant,
         Err(refused) => return refused,
     };
-    // The new document's place under `--max-live-docs` (the check above reserved nothing),
-    // held until the room it starts takes it over.
+    // The new document's place under `--max-live-docs`, held until the room it starts takes it
+    // over. Checked after auth: whether a document is live is not for anonymous callers to learn
+    // (503 for a document not live, 401 for a live one, would tell them).
     let slot = match app.registry.reserve(&doc) {
         Ok(slot) => slot,
         Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),

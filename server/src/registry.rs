@@ -111,18 +111,6 @@ impl Registry {
             .inspect_err(|refusal| self.live_docs.refused(name.as_str(), refusal))
     }
 
-    /// Whether a client could open `name` now (it is live, or under the limit), reserving
-    /// nothing: checked before asking the auth backend, and for reads, which start no room. A
-    /// refusal is logged.
-    pub fn may_open(&self, name: &DocName) -> Result<(), Refusal> {
-        if self.live_room(name).is_some() {
-            return Ok(());
-        }
-        self.live_docs
-            .check()
-            .inspect_err(|refusal| self.live_docs.refused(name.as_str(), refusal))
-    }
-
     /// The live room of `name`, or a new one holding `slot` (a fresh slot, whatever the limit,
     /// if none is given). Started under the map's shard lock, so one name never has two rooms.
     fn start(self: &Arc<Self>, name: &DocName, slot: Option<DocSlot>) -> RoomHandle {

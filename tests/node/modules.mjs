@@ -51,16 +51,28 @@ function referenced (text) {
   return names
 }
 
+// The crate root (`lib.rs`) is a node too, named `crate`: a module that uses one of its items
+// (`crate::App`) depends on it, and it depends on the modules it re-exports from (`pub use x::`)
+// or calls into. `main.rs` is the binary, above everything.
 export function moduleGraph () {
-  const files = rustFiles(serverSrc).filter((f) => !/(^|\/)(lib|main)\.rs$/.test(path.relative(serverSrc, f)))
-  const modules = new Set(files.map(moduleOf))
+  const files = rustFiles(serverSrc).filter((f) => !/^main\.rs$/.test(path.relative(serverSrc, f)))
+  const modules = new Set(files.map(moduleOf).map((m) => (m === 'lib' ? 'crate' : m)))
   const graph = new Map([...modules].map((m) => [m, new Set()]))
   for (const file of files) {
     // Files that are only tests (`*_tests.rs`) are test code too.
     if (/_tests\.rs$/.test(file)) continue
-    const from = moduleOf(file)
-    for (const to of referenced(productionCode(readFileSync(file, 'utf8')))) {
-      if (to !== from && modules.has(to)) graph.get(from).add(to)
+    const isRoot = path.relative(serverSrc, file) === 'lib.rs'
+    const from = isRoot ? 'crate' : moduleOf(file)
+    const code = productionCode(readFileSync(file, 'utf8'))
+    const names = referenced(code)
+    if (isRoot) {
+      // Paths in the root name modules without `crate::` (`pub use node::serve`, `http::router`).
+      for (const m of code.matchAll(/(?<![:\w])(\w+)::/g)) names.add(m[1])
+    }
+    for (const to of names) {
+      if (to === from) continue
+      if (modules.has(to) && to !== 'crate') graph.get(from).add(to)
+      else if (!isRoot && /^[A-Za-z_]\w*$/.test(to) && !modules.has(to)) graph.get(from).add('crate') // an item of lib.rs
     }
   }
   return graph

@@ -94,7 +94,7 @@ async fn a_clean_demo_stop_warns_about_nothing_and_every_line_names_its_region()
     }
 
     assert!(demo.sigint().await.success());
-    demo.wait_logged(&["concord_server: stopped"], 3, WAIT)
+    demo.wait_logged(&["concord_server::node: stopped"], 3, WAIT)
         .await
         .expect("not every region logged that it stopped");
     demo.wait_logged(&["INFO", "peer link closed"], 6, WAIT)
@@ -111,7 +111,7 @@ async fn a_clean_demo_stop_warns_about_nothing_and_every_line_names_its_region()
 async fn a_peer_stopping_cleanly_is_not_a_warning_on_either_side() {
     let (eu, mut us) = linked_pair().await;
     assert!(us.sigint().await.success());
-    us.wait_logged(&["concord_server: stopped"], 1, WAIT)
+    us.wait_logged(&["concord_server::node: stopped"], 1, WAIT)
         .await
         .expect("us did not log that it stopped");
     us.wait_logged(

@@ -125,8 +125,12 @@ async fn attempt(
     let config = WebSocketConfig::default()
         .max_message_size(Some(super::socket::MAX_FRAME))
         .max_frame_size(Some(super::socket::MAX_FRAME));
-    let dialed = tokio::time::timeout(CONNECT_TIMEOUT, hub.peer_tls.dial(endpoint, config))
-        .await
+    // A connect in progress gives way to shutdown, which would otherwise wait for it.
+    let dialed = tokio::select! {
+        _ = hub.shutdown.cancelled() => return Err("this node is shutting down".into()),
+        dialed = tokio::time::timeout(CONNECT_TIMEOUT, hub.peer_tls.dial(endpoint, config)) => dialed,
+    };
+    let dialed = dialed
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let mut sock = bridge(dialed.ws, hub.shutdown.child_token(), &hub.tasks);

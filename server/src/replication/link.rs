@@ -194,7 +194,14 @@ pub async fn run(
                 update,
             } => {
                 stats.received_updates.fetch_add(1, Ordering::Relaxed);
-                let done = receive_update(&hub, &registry, &peer.node_id, doc, path, &update).await;
+                // A room with a full inbox may hold this up; the link's end (shutdown included)
+                // does not wait for it. Dropping the update is safe: it was not acknowledged, so
+                // the peer sends it again.
+                let done = tokio::select! {
+                    biased;
+                    _ = sock.control.token().cancelled() => break,
+                    done = receive_update(&hub, &registry, &peer.node_id, doc, path, &update) => done,
+                };
                 if ack_tx.send((seq, done)).await.is_err() {
                     break;
                 }

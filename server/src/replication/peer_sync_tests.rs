@@ -46,7 +46,7 @@ impl Node {
             token.clone(),
         );
         let registry = Registry::new(
-            crate::room_config(&ServeArgs::parse_from(["concord"])),
+            crate::node::room_config(&ServeArgs::parse_from(["concord"])),
             store,
             token,
             Some(hub.clone()),
