@@ -248,6 +248,33 @@ mod tests {
         script
     }
 
+    /// Replays every agent of `script`, each update counting as received at once (agents take
+    /// turns, at most `max_rounds` of them), and returns the text all the updates make.
+    fn replay_all(script: &Arc<Script>, max_rounds: usize) -> String {
+        let replay = Replay::new(script.clone());
+        let mut agents: Vec<Agent> = (0..script.agents())
+            .map(|a| Agent::new(replay.clone(), a))
+            .collect();
+        let mut rounds = 0;
+        while !replay.finished() {
+            for agent in &mut agents {
+                while agent.next(|_| true).is_some() {}
+            }
+            rounds += 1;
+            assert!(rounds < max_rounds, "the replay made no progress");
+        }
+        let doc = Doc::with_options(trace_doc_options());
+        {
+            let mut txn = doc.transact_mut();
+            for p in &replay.produced {
+                let (_, bytes) = p.get().unwrap();
+                txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
+            }
+        }
+        let txn = doc.transact();
+        txn.get_text(crate::editor::TEXT).unwrap().get_string(&txn)
+    }
+
     /// Two agents branch from a common start (one prepends, one appends, 60 transactions
     /// each), then the first merges both branches and ends the text. The merge makes the first
     /// agent's replica take in the whole of the other branch at once, as in the real traces.
@@ -277,30 +304,7 @@ mod tests {
             txns.join(",")
         );
         let script = Arc::new(load(&json).unwrap());
-        let replay = Replay::new(script.clone());
-        let mut agents: Vec<Agent> = (0..script.agents())
-            .map(|a| Agent::new(replay.clone(), a))
-            .collect();
-        // Every update produced counts as received at once; agents take turns.
-        let mut rounds = 0;
-        while !replay.finished() {
-            for agent in &mut agents {
-                while agent.next(|_| true).is_some() {}
-            }
-            rounds += 1;
-            assert!(rounds < 10, "the replay made no progress");
-        }
-        let doc = Doc::with_options(trace_doc_options());
-        {
-            let mut txn = doc.transact_mut();
-            for p in &replay.produced {
-                let (_, bytes) = p.get().unwrap();
-                txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
-            }
-        }
-        let txn = doc.transact();
-        let text = txn.get_text(crate::editor::TEXT).unwrap().get_string(&txn);
-        assert_eq!(text, script.end_content);
+        assert_eq!(replay_all(&script, 10), script.end_content);
     }
 
     /// The concurrent trace of the load-test measurements (docs/measurements.md) is in the repository, and its
@@ -312,29 +316,7 @@ mod tests {
         let script = Arc::new(Script::load(&path).unwrap());
         assert_eq!(script.agents(), 3);
         assert_eq!(script.txns.len(), 23_136);
-        let replay = Replay::new(script.clone());
-        let mut agents: Vec<Agent> = (0..script.agents())
-            .map(|a| Agent::new(replay.clone(), a))
-            .collect();
-        let mut rounds = 0;
-        while !replay.finished() {
-            for agent in &mut agents {
-                while agent.next(|_| true).is_some() {}
-            }
-            rounds += 1;
-            assert!(rounds < 100_000, "the replay made no progress");
-        }
-        let doc = Doc::with_options(trace_doc_options());
-        {
-            let mut txn = doc.transact_mut();
-            for p in &replay.produced {
-                let (_, bytes) = p.get().unwrap();
-                txn.apply_update(Update::decode_v1(bytes).unwrap()).unwrap();
-            }
-        }
-        let txn = doc.transact();
-        let text = txn.get_text(crate::editor::TEXT).unwrap().get_string(&txn);
-        assert_eq!(text, script.end_content);
+        assert_eq!(replay_all(&script, 100_000), script.end_content);
     }
 
     #[test]

@@ -195,8 +195,7 @@ impl LiveDocs {
         DocSlot { docs: self.clone() }
     }
 
-    /// Whether a new document would be admitted now, without reserving its place (a check
-    /// before work that starts no room, or before asking the auth backend).
+    /// Whether a new document would be admitted now, without reserving its place.
     pub fn check(&self) -> Result<(), Refusal> {
         let n = self.live.load(Ordering::Acquire);
         match self.max == 0 || n < self.max {

@@ -230,11 +230,6 @@ impl Registry {
             .is_some()
     }
 
-    /// The peer regions rooms relay to, if any.
-    pub fn peers(&self) -> Option<&Arc<dyn PeerRelay>> {
-        self.env.peers.as_ref()
-    }
-
     /// The live room of `name`, if any (does not start one).
     pub fn live_room(&self, name: &DocName) -> Option<RoomHandle> {
         self.docs

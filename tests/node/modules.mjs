@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 const here = path.dirname(fileURLToPath(import.meta.url))
 export const serverSrc = path.resolve(here, '../../server/src')
 
-function rustFiles (dir) {
+export function rustFiles (dir) {
   return readdirSync(dir).flatMap((name) => {
     const p = path.join(dir, name)
     if (statSync(p).isDirectory()) return rustFiles(p)

@@ -4,17 +4,9 @@
 // prints the graph.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, readdirSync, statSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { moduleGraph, cycles, serverSrc } from './modules.mjs'
-
-function rustFiles (dir) {
-  return readdirSync(dir).flatMap((name) => {
-    const p = path.join(dir, name)
-    if (statSync(p).isDirectory()) return rustFiles(p)
-    return name.endsWith('.rs') ? [p] : []
-  })
-}
+import { moduleGraph, cycles, rustFiles, serverSrc } from './modules.mjs'
 
 test('the server modules form no circle', () => {
   const graph = moduleGraph()
