@@ -8,8 +8,10 @@
 //! - [`doc`]: [`DocState`], a `yrs::Doc` plus awareness, owned by one server task; it applies
 //!   updates and says whether they brought anything new ([`Applied`]), one at a time or several
 //!   in one transaction ([`Batch`]).
-//! - [`replication`]: the envelope nodes exchange over peer links ([`PeerMessage`]), with the
-//!   path of node ids ([`NodeId`]) that prevents replication loops.
+//! - [`replication`]: the envelope nodes exchange over peer links ([`PeerMessage`]) between
+//!   nodes named by [`NodeId`].
+//! - [`routing`]: which neighbour sends this node which origin's updates (one tree per origin,
+//!   repaired by what neighbours say they hold), and which log entries a stream sends a peer.
 //!
 //! The codecs themselves come from `yrs` (`yrs::sync`, lib0 encoding); this crate adds the
 //! validation, limits and types the server needs around them.
@@ -19,6 +21,7 @@ pub mod encode;
 pub mod message;
 pub mod name;
 pub mod replication;
+pub mod routing;
 
 pub use doc::{Applied, ApplyError, Batch, DocState};
 pub use message::{ClientMessage, DecodeError, IncomingUpdate, decode_frame};

@@ -11,9 +11,13 @@
 //! documents repair gaps with a state-vector exchange ([`SyncStep1`](PeerMessage::SyncStep1) /
 //! [`SyncStep2`](PeerMessage::SyncStep2)).
 //!
-//! **Loop prevention** rests on `path`: the ids of the nodes an update passed through, origin
-//! first. A node never sends an update to a node on its path and drops one whose path holds its
-//! own id; [`NodeId`] keeps those ids short and printable.
+//! **Routing** (see [`crate::routing`]): an update carries its *origin* (the node whose client
+//! wrote it, interned per link by [`Origin`](PeerMessage::Origin)) and its sequence in the
+//! origin's log. Each node asks one neighbour per origin to carry it
+//! ([`Routes`](PeerMessage::Routes)), so an update crosses each region once, and tells its
+//! neighbours what it holds ([`Have`](PeerMessage::Have)), so one left behind asks for the rest.
+//! Presence still carries `path`, the ids of the nodes it passed through; [`NodeId`] keeps those
+//! ids short and printable.
 
 use std::fmt;
 use std::sync::Arc;
@@ -133,13 +137,32 @@ pub enum PeerMessage {
     Welcome { mac: Vec<u8> },
     /// One entry of the sender's update log. `seq` is the sender's sequence number, acknowledged
     /// by the receiver once the update is durable there (or known to bring nothing new).
+    /// `origin` is the node whose client wrote it, as a per-link code: 0 is the sender itself
+    /// (then its origin sequence is `seq`), `k` the node the sender's `k`-th [`Origin`]
+    /// (PeerMessage::Origin) message named; `oseq` is its sequence in the origin's log.
     Update {
         seq: u64,
         doc: DocName,
-        path: Vec<NodeId>,
+        origin: u32,
+        oseq: u64,
         update: Vec<u8>,
     },
-    /// The sender skipped log entries up to `seq` (they had the receiver on their path); ack it.
+    /// Names origin `code` for the [`Update`](PeerMessage::Update)s that follow on this link
+    /// (node ids are interned per link: an update carries a varint, not the id).
+    Origin { code: u32, node: NodeId },
+    /// The sender's routes, sent when they change: how many hops it is from each origin it can
+    /// reach (`dist`; [`UNREACHABLE`] for those it reaches through the receiver), and which
+    /// origins it wants the receiver to send it (`carry`), each with the highest origin sequence
+    /// it holds of it, so a new carry starts where the receiver's copy ends.
+    Routes {
+        dist: Vec<(NodeId, u8)>,
+        carry: Vec<(NodeId, u64)>,
+    },
+    /// The highest origin sequence the sender holds of each origin (the lazy half of the
+    /// broadcast: a neighbour that stays behind asks for what it lacks).
+    Have { held: Vec<(NodeId, u64)> },
+    /// The sender skipped log entries up to `seq` (the receiver did not ask for their origins); ack
+    /// it.
     Progress { seq: u64 },
     /// Everything up to `seq` of the receiver's log is durable at the sender of this message.
     Ack { seq: u64 },
@@ -167,13 +190,23 @@ pub enum PeerMessage {
 const T_CHALLENGE: u64 = 0;
 const T_HELLO: u64 = 1;
 const T_WELCOME: u64 = 2;
-const T_UPDATE: u64 = 3;
 const T_PROGRESS: u64 = 4;
 const T_ACK: u64 = 5;
 const T_STEP1: u64 = 6;
 const T_STEP2: u64 = 7;
 const T_AWARENESS: u64 = 8;
 const T_RESUME: u64 = 9;
+// Tag 3 carried an update with its whole path before origins were interned: a node from before
+// then is refused (`UnknownType(3)`) rather than misread.
+const T_UPDATE_ORIGIN: u64 = 10;
+const T_ORIGIN: u64 = 11;
+const T_ROUTES: u64 = 12;
+const T_HAVE: u64 = 13;
+
+/// A distance that means "not through me" (at most 15 hops are routed).
+pub const UNREACHABLE: u8 = 16;
+/// Most origins a `Routes` or `Have` message may list, and most codes a link may define.
+pub const MAX_ORIGINS: usize = 1024;
 
 /// Why a peer message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +221,8 @@ pub enum PeerDecodeError {
     NodeId(String),
     #[error("path of {0} nodes exceeds {MAX_PATH}")]
     PathTooLong(u64),
+    #[error("a list of {0} origins exceeds {MAX_ORIGINS}")]
+    TooManyOrigins(u64),
     #[error("trailing bytes after the message")]
     Trailing,
 }
@@ -229,15 +264,45 @@ impl PeerMessage {
             PeerMessage::Update {
                 seq,
                 doc,
-                path,
+                origin,
+                oseq,
                 update,
             } => {
                 out.reserve(update.len() + doc.as_str().len() + 32);
-                out.write_var(T_UPDATE);
+                out.write_var(T_UPDATE_ORIGIN);
                 out.write_var(*seq);
                 out.write_string(doc.as_str());
-                write_path(&mut out, path);
+                out.write_var(*origin);
+                if *origin != 0 {
+                    out.write_var(*oseq);
+                }
                 out.write_buf(update);
+            }
+            PeerMessage::Origin { code, node } => {
+                out.write_var(T_ORIGIN);
+                out.write_var(*code);
+                out.write_string(node.as_str());
+            }
+            PeerMessage::Routes { dist, carry } => {
+                out.write_var(T_ROUTES);
+                out.write_var(dist.len() as u64);
+                for (id, d) in dist {
+                    out.write_string(id.as_str());
+                    out.write_var(*d);
+                }
+                out.write_var(carry.len() as u64);
+                for (id, held) in carry {
+                    out.write_string(id.as_str());
+                    out.write_var(*held);
+                }
+            }
+            PeerMessage::Have { held } => {
+                out.write_var(T_HAVE);
+                out.write_var(held.len() as u64);
+                for (id, h) in held {
+                    out.write_string(id.as_str());
+                    out.write_var(*h);
+                }
             }
             PeerMessage::Progress { seq } => {
                 out.write_var(T_PROGRESS);
@@ -301,11 +366,33 @@ impl PeerMessage {
             T_WELCOME => PeerMessage::Welcome {
                 mac: cur.read_buf().map_err(m)?.to_vec(),
             },
-            T_UPDATE => PeerMessage::Update {
-                seq: cur.read_var().map_err(m)?,
-                doc: doc_name(&mut cur)?,
-                path: read_path(&mut cur)?,
-                update: cur.read_buf().map_err(m)?.to_vec(),
+            T_UPDATE_ORIGIN => {
+                let seq = cur.read_var().map_err(m)?;
+                let doc = doc_name(&mut cur)?;
+                let origin: u32 = cur.read_var().map_err(m)?;
+                let oseq = if origin == 0 {
+                    seq
+                } else {
+                    cur.read_var().map_err(m)?
+                };
+                PeerMessage::Update {
+                    seq,
+                    doc,
+                    origin,
+                    oseq,
+                    update: cur.read_buf().map_err(m)?.to_vec(),
+                }
+            }
+            T_ORIGIN => PeerMessage::Origin {
+                code: cur.read_var().map_err(m)?,
+                node: node_id(&mut cur)?,
+            },
+            T_ROUTES => PeerMessage::Routes {
+                dist: read_list(&mut cur, |c| c.read_var::<u8>())?,
+                carry: read_list(&mut cur, |c| c.read_var::<u64>())?,
+            },
+            T_HAVE => PeerMessage::Have {
+                held: read_list(&mut cur, |c| c.read_var::<u64>())?,
             },
             T_PROGRESS => PeerMessage::Progress {
                 seq: cur.read_var().map_err(m)?,
@@ -364,6 +451,26 @@ fn read_path(cur: &mut Cursor<'_>) -> Result<Vec<NodeId>, PeerDecodeError> {
     (0..n).map(|_| node_id(cur)).collect()
 }
 
+/// A list of `(node id, value)` pairs, its length checked before anything is allocated.
+fn read_list<T>(
+    cur: &mut Cursor<'_>,
+    value: impl Fn(&mut Cursor<'_>) -> Result<T, yrs::encoding::read::Error>,
+) -> Result<Vec<(NodeId, T)>, PeerDecodeError> {
+    let n: u64 = cur
+        .read_var()
+        .map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+    if n > MAX_ORIGINS as u64 {
+        return Err(PeerDecodeError::TooManyOrigins(n));
+    }
+    (0..n)
+        .map(|_| {
+            let id = node_id(cur)?;
+            let v = value(cur).map_err(|e| PeerDecodeError::Malformed(e.to_string()))?;
+            Ok((id, v))
+        })
+        .collect()
+}
+
 fn node_id(cur: &mut Cursor<'_>) -> Result<NodeId, PeerDecodeError> {
     let s = cur
         .read_string()
@@ -417,8 +524,27 @@ mod tests {
             PeerMessage::Update {
                 seq: 1 << 40,
                 doc: doc.clone(),
-                path: vec![id("a"), id("b")],
+                origin: 3,
+                oseq: 77,
                 update: vec![0, 0],
+            },
+            PeerMessage::Update {
+                seq: 12,
+                doc: doc.clone(),
+                origin: 0,
+                oseq: 12,
+                update: vec![0, 0],
+            },
+            PeerMessage::Origin {
+                code: 3,
+                node: id("eu-1"),
+            },
+            PeerMessage::Routes {
+                dist: vec![(id("a"), 0), (id("b"), UNREACHABLE)],
+                carry: vec![(id("b"), 1 << 33)],
+            },
+            PeerMessage::Have {
+                held: vec![(id("a"), 5), (id("c"), 0)],
             },
             PeerMessage::Progress { seq: 7 },
             PeerMessage::Ack { seq: 9 },
@@ -484,12 +610,23 @@ mod tests {
             PeerMessage::decode(&[42]),
             Err(PeerDecodeError::UnknownType(42))
         );
-        // an update whose path claims 1000 nodes
-        let mut m = vec![T_UPDATE as u8, 1, 1, b'd'];
+        // presence whose path claims 1000 nodes
+        let mut m = vec![T_AWARENESS as u8, 1, b'd'];
         m.extend([0xe8, 0x07]);
         assert_eq!(
             PeerMessage::decode(&m),
             Err(PeerDecodeError::PathTooLong(1000))
+        );
+        // routes listing 100,000 origins in a few bytes
+        let m = vec![T_ROUTES as u8, 0xa0, 0x8d, 0x06];
+        assert_eq!(
+            PeerMessage::decode(&m),
+            Err(PeerDecodeError::TooManyOrigins(100_000))
+        );
+        // an update in the format from before origins were interned
+        assert_eq!(
+            PeerMessage::decode(&[3, 1, 1, b'd', 0, 0]),
+            Err(PeerDecodeError::UnknownType(3))
         );
     }
 
