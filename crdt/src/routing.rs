@@ -470,10 +470,7 @@ mod tests {
 
     #[test]
     fn a_mesh_takes_every_origin_directly() {
-        let nodes = cluster(
-            &["a", "b", "c"],
-            &[("a", "b"), ("b", "c"), ("a", "c")],
-        );
+        let nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
         for (me, r) in &nodes {
             for o in ["a", "b", "c"].map(id) {
                 if o != *me {
@@ -486,16 +483,17 @@ mod tests {
 
     #[test]
     fn a_cut_link_is_routed_around_and_the_detour_ends_when_it_heals() {
-        let mut nodes = cluster(
-            &["a", "b", "c"],
-            &[("a", "b"), ("b", "c"), ("a", "c")],
-        );
+        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
         cut(&mut nodes, "a", "c");
         let c = &nodes[&id("c")];
         assert_eq!(c.parent(&id("a")), Some(id("b")));
         assert_eq!(c.carries(&id("b")), BTreeSet::from([id("a"), id("b")]));
         assert_eq!(
-            nodes[&id("b")].relays(&id("c")).keys().cloned().collect::<Vec<_>>(),
+            nodes[&id("b")]
+                .relays(&id("c"))
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
             vec![id("a"), id("b")]
         );
         for (a, b) in [("a", "c"), ("c", "a")] {
@@ -522,10 +520,7 @@ mod tests {
 
     #[test]
     fn a_neighbour_that_stays_ahead_is_grafted_until_we_catch_up() {
-        let mut nodes = cluster(
-            &["a", "b", "c"],
-            &[("a", "b"), ("b", "c"), ("a", "c")],
-        );
+        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
         let c = nodes.get_mut(&id("c")).unwrap();
         c.hold(&id("a"), 10, 0);
         // b has a's updates up to 15; a (c's parent for a) has not said so.
@@ -546,10 +541,7 @@ mod tests {
 
     #[test]
     fn no_graft_while_the_parent_has_it_too() {
-        let mut nodes = cluster(
-            &["a", "b", "c"],
-            &[("a", "b"), ("b", "c"), ("a", "c")],
-        );
+        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
         let c = nodes.get_mut(&id("c")).unwrap();
         c.on_have(&id("a"), vec![(id("a"), 15)], 0);
         c.on_have(&id("b"), vec![(id("a"), 15)], 0);
@@ -561,7 +553,10 @@ mod tests {
     fn a_carry_filter_goes_back_for_a_new_origin_only() {
         let (me, x, y) = (id("me"), id("x"), id("y"));
         let mut f = CarryFilter::new(me.clone(), 100);
-        assert!(!f.admits(None, 101, 101), "nothing before the first request");
+        assert!(
+            !f.admits(None, 101, 101),
+            "nothing before the first request"
+        );
         assert_eq!(f.set(&BTreeMap::from([(me.clone(), 0)]), 100), None);
         assert!(f.admits(None, 101, 101));
         assert!(!f.admits(None, 100, 100));

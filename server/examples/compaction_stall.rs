@@ -20,7 +20,7 @@ fn entry(doc: &str, bytes: usize) -> Append {
     Append {
         doc: DocName::parse(doc).unwrap(),
         update: Bytes::from(vec![7u8; bytes]),
-        path: vec![],
+        origin: None,
     }
 }
 

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::sync::awareness::AwarenessUpdate;
 use concord_crdt::{ClientMessage, DocName, IncomingUpdate, NodeId, PeerMessage};
+
+use crate::store::Origin;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::Control;
@@ -97,7 +99,8 @@ pub enum RoomMsg {
     /// nothing new), which is when the link acknowledges it.
     Replicated {
         update: IncomingUpdate,
-        path: Vec<NodeId>,
+        /// Where it was first written (`None`: a repair, stored as this node's own).
+        origin: Option<Origin>,
         done: Option<oneshot::Sender<()>>,
     },
     /// A peer's state vector for this document: answer with what it lacks.
@@ -149,8 +152,9 @@ pub struct LinkHandle {
 impl LinkHandle {
     /// Queues a message without waiting; repair and presence messages are dropped when the link
     /// is congested (the update log, which must not lose anything, waits instead).
-    pub fn try_send(&self, msg: &PeerMessage) {
-        let _ = self.out.try_send(Bytes::from(msg.encode()));
+    /// Queues `msg` unless the link's queue is full; returns whether it was queued.
+    pub fn try_send(&self, msg: &PeerMessage) -> bool {
+        self.out.try_send(Bytes::from(msg.encode())).is_ok()
     }
 }
 
@@ -162,6 +166,8 @@ pub trait PeerRelay: Send + Sync {
     /// Asks every peer with a live link for what this document lacks: sends them our state
     /// vector, which they answer with a Step2-like update.
     fn offer_sync(&self, doc: &DocName, sv: &StateVector);
-    /// Relays presence to every peer not on `path`.
+    /// Relays presence along its origin's tree, to peers not on `path`.
     fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]);
+    /// Counts `n` updates from this node's own clients appended to the log (for status).
+    fn originated(&self, n: u64);
 }

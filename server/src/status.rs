@@ -15,7 +15,34 @@ pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value 
     let peers: Vec<Value> = hub
         .peer_views()
         .iter()
-        .map(|view| peer(view, committed))
+        .map(|view| peer(hub, view, committed))
+        .collect();
+    let regions: std::collections::HashMap<String, String> = hub
+        .peer_views()
+        .iter()
+        .filter_map(|v| {
+            let id = v.node_id.as_ref()?.to_string();
+            let region = v.stats.as_ref()?.region.lock().unwrap().clone();
+            (!region.is_empty()).then_some((id, region))
+        })
+        .collect();
+    let origins: Vec<Value> = hub
+        .origin_views()
+        .into_iter()
+        .map(|o| {
+            let region = if o.origin == hub.me.node_id {
+                Some(hub.me.region.clone())
+            } else {
+                regions.get(o.origin.as_str()).cloned()
+            };
+            json!({
+                "origin": o.origin.as_str(),
+                "region": region,
+                "distance": o.route.as_ref().map(|r| r.distance),
+                "via": o.route.and_then(|r| r.via).map(|v| v.to_string()),
+                "position": o.held,
+            })
+        })
         .collect();
     json!({
         "node_id": hub.me.node_id.as_str(),
@@ -23,13 +50,27 @@ pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value 
         "url": hub.me.url,
         "committed_seq": committed,
         "peers": peers,
+        // Routing (docs/replication.md): what this node's own clients wrote, and how each origin
+        // reaches it.
+        "replication": {
+            "originated_updates": hub.originated.load(Ordering::Relaxed),
+            "origins": origins,
+        },
         "documents": documents,
         "connections": connections,
     })
 }
 
-fn peer(view: &PeerView, committed: Seq) -> Value {
+fn peer(hub: &Replication, view: &PeerView, committed: Seq) -> Value {
     let stats = view.stats.as_deref();
+    let routes = view
+        .node_id
+        .as_ref()
+        .map(|id| hub.link_routes(id))
+        .unwrap_or_default();
+    let ids = |set: &std::collections::BTreeSet<concord_crdt::NodeId>| {
+        set.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+    };
     let connected = stats.is_some_and(|s| s.connected.load(Ordering::Relaxed));
     let acked = stats.map(|s| s.acked.load(Ordering::Relaxed)).unwrap_or(0);
     // A live link hears from its peer at least every ping; otherwise the last message counts.
@@ -62,5 +103,10 @@ fn peer(view: &PeerView, committed: Seq) -> Value {
         "received_messages": counter(|s| &s.received_messages),
         "received_bytes": counter(|s| &s.received_bytes),
         "last_error": view.last_error,
+        // The origins this link brings us (its tree and grafts), those we send on it, and those
+        // it brings only to catch up.
+        "carries": ids(&routes.carries),
+        "relays": ids(&routes.relays),
+        "grafted": ids(&routes.grafted),
     })
 }

@@ -17,9 +17,9 @@ use concord_server::control::Control;
 use concord_server::handles::{ClientHandle, ConnId};
 use concord_server::handles::{ReadKind, RoomMsg};
 use concord_server::registry::Registry;
-use concord_server::store::SharedStore;
 use concord_server::store::held::HeldStore;
 use concord_server::store::memory::MemoryStore;
+use concord_server::store::{Origin, SharedStore};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -231,7 +231,10 @@ async fn a_peer_update_is_acknowledged_only_once_committed_here() {
     let (done, mut durable) = oneshot::channel();
     f.send(RoomMsg::Replicated {
         update: IncomingUpdate::decode(&typed(&origin, "from afar")).unwrap(),
-        path: vec![NodeId::parse("peer-a").unwrap()],
+        origin: Some(Origin {
+            node: NodeId::parse("peer-a").unwrap(),
+            seq: 1,
+        }),
         done: Some(done),
     })
     .await;
@@ -374,7 +377,10 @@ async fn a_replicated_update_for_a_room_that_just_closed_reaches_its_successor()
     let (done, durable) = oneshot::channel();
     let msg = RoomMsg::Replicated {
         update: IncomingUpdate::decode(&typed(&origin, "late")).unwrap(),
-        path: vec![NodeId::parse("peer-a").unwrap()],
+        origin: Some(Origin {
+            node: NodeId::parse("peer-a").unwrap(),
+            seq: 2,
+        }),
         done: Some(done),
     };
     assert!(

@@ -15,7 +15,7 @@ use concord_crdt::yrs::{Doc, ReadTxn, Text, Transact, WriteTxn};
 use concord_crdt::{DocName, DocState, NodeId};
 use concord_server::store::memory::MemoryStore;
 use concord_server::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore};
-use concord_server::store::{Append, LogEntry, PeerInfo, Seq, SharedStore, StoreError};
+use concord_server::store::{Append, LogEntry, Origin, PeerInfo, Seq, SharedStore, StoreError};
 
 fn name(s: &str) -> DocName {
     DocName::parse(s).unwrap()
@@ -37,7 +37,7 @@ fn entry(doc: &str, update: &[u8]) -> Append {
     Append {
         doc: name(doc),
         update: Bytes::copy_from_slice(update),
-        path: vec![],
+        origin: None,
     }
 }
 
@@ -215,28 +215,32 @@ mod cases {
         for i in 0..10 {
             let (doc, client) = if i % 3 == 0 { ("b", &b) } else { ("a", &a) };
             let update = edit(client, &i.to_string());
-            let path = vec![node("origin"), node(&format!("hop{i}"))];
+            // Own updates and relayed ones alternate; an origin keeps its node and sequence.
+            let origin = (i % 2 == 1).then(|| Origin {
+                node: node(&format!("origin{i}")),
+                seq: 1000 + i,
+            });
             store
                 .append(Append {
                     doc: name(doc),
                     update: Bytes::from(update.clone()),
-                    path: path.clone(),
+                    origin: origin.clone(),
                 })
                 .await
                 .unwrap()
                 .await
                 .unwrap()
                 .unwrap();
-            appended.push((doc, path, update));
+            appended.push((doc, origin, update));
         }
         assert_eq!(seqs(&store.read_log(0, 4).await.unwrap()), vec![1, 2, 3, 4]);
         assert_eq!(seqs(&store.read_log(4, 4).await.unwrap()), vec![5, 6, 7, 8]);
         assert_eq!(seqs(&store.read_log(8, 4).await.unwrap()), vec![9, 10]);
         assert!(store.read_log(10, 4).await.unwrap().is_empty());
         let log = store.read_log(0, 100).await.unwrap();
-        for (e, (doc, path, update)) in log.iter().zip(&appended) {
+        for (e, (doc, origin, update)) in log.iter().zip(&appended) {
             assert_eq!(e.doc, name(doc), "seq {}", e.seq);
-            assert_eq!(&e.path, path, "seq {}", e.seq);
+            assert_eq!(&e.origin, origin, "seq {}", e.seq);
             assert_eq!(e.update.as_ref(), update.as_slice(), "seq {}", e.seq);
         }
     }

@@ -329,7 +329,7 @@ async fn every_open_starts_a_new_incarnation() {
                 .append(concord_server::store::Append {
                     doc: doc.clone(),
                     update: update.clone().into(),
-                    path: vec![],
+                    origin: None,
                 })
                 .await
                 .unwrap()

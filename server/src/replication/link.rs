@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use concord_crdt::replication::Incarnation;
+use concord_crdt::replication::MAX_ORIGINS;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::decoder::Decode;
 use concord_crdt::{DocName, IncomingUpdate, NodeId, PeerMessage};
@@ -33,7 +34,7 @@ use super::socket::{PeerSocket, SHUTTING_DOWN};
 use super::{PeerStats, Replication, now_ms};
 use crate::handles::{LinkHandle, RoomMsg};
 use crate::registry::Registry;
-use crate::store::{Seq, SharedStore, StoreError};
+use crate::store::{Origin, Seq, SharedStore, StoreError};
 
 /// How often acknowledgements are sent (when there is something new to acknowledge).
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -106,6 +107,7 @@ pub async fn run(
     *stats.region.lock().unwrap() = peer.region.clone();
     *stats.url.lock().unwrap() = peer.url.clone();
     stats.connected.store(true, Ordering::Relaxed);
+    hub.route_link_up(&peer.node_id);
     // What an earlier link had in flight is sent again from the cursor by this one.
     stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
@@ -145,6 +147,8 @@ pub async fn run(
     info!(url = %peer.url, resume_after = cursor, snapshots, claim = ?their_claim, "peer link up");
 
     let (acked_tx, acked_rx) = watch::channel(cursor);
+    // What the peer asks us to send it (its `Routes`); the stream sends nothing before the first.
+    let (carry_tx, carry_rx) = watch::channel(None);
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
     let sender = hub.tasks.spawn(
         super::stream::stream_log(
@@ -154,6 +158,7 @@ pub async fn run(
             cursor,
             snapshots,
             acked_rx,
+            carry_rx,
         )
         .in_current_span(),
     );
@@ -165,6 +170,8 @@ pub async fn run(
         .spawn(offer_live_docs(registry.clone(), link.clone()).in_current_span());
 
     let mut persisted = (cursor, Instant::now());
+    // The origins the peer named for its updates (`Origin` messages): code k is entry k - 1.
+    let mut origins: Vec<NodeId> = Vec::new();
     loop {
         let bytes = tokio::select! {
             // A link being replaced stops at once, whatever is still buffered: its acks must
@@ -190,17 +197,40 @@ pub async fn run(
             PeerMessage::Update {
                 seq,
                 doc,
-                path,
+                origin,
+                oseq,
                 update,
             } => {
                 stats.received_updates.fetch_add(1, Ordering::Relaxed);
-                // A room with a full inbox may hold this up; the link's end (shutdown included)
-                // does not wait for it. Dropping the update is safe: it was not acknowledged, so
-                // the peer sends it again.
-                let done = tokio::select! {
-                    biased;
-                    _ = sock.control.token().cancelled() => break,
-                    done = receive_update(&hub, &registry, &peer.node_id, doc, path, &update) => done,
+                let origin = match origin {
+                    0 => peer.node_id.clone(),
+                    k => match origins.get(k as usize - 1) {
+                        Some(o) => o.clone(),
+                        None => {
+                            warn!(peer = %peer.node_id, code = k, "update names an origin the peer never defined; closing the link");
+                            sock.control
+                                .close(close_code::PROTOCOL, "update names an undefined origin");
+                            break;
+                        }
+                    },
+                };
+                // Our own update coming back (a route changing under it): nothing to do.
+                let done = if origin == hub.me.node_id {
+                    None
+                } else {
+                    hub.held.raise(&origin, oseq);
+                    let origin = Some(Origin {
+                        node: origin,
+                        seq: oseq,
+                    });
+                    // A room with a full inbox may hold this up; the link's end (shutdown
+                    // included) does not wait for it. Dropping the update is safe: it was not
+                    // acknowledged, so the peer sends it again.
+                    tokio::select! {
+                        biased;
+                        _ = sock.control.token().cancelled() => break,
+                        done = receive_update(&registry, &peer.node_id, doc, origin, &update) => done,
+                    }
                 };
                 if ack_tx.send((seq, done)).await.is_err() {
                     break;
@@ -243,9 +273,24 @@ pub async fn run(
                 }
             }
             PeerMessage::SyncStep2 { doc, update } => {
-                let path = vec![peer.node_id.clone()];
-                let _ = receive_update(&hub, &registry, &peer.node_id, doc, path, &update).await;
+                // A repair: whatever it brings is stored as this node's own, so it reaches every
+                // region along this node's tree.
+                let _ = receive_update(&registry, &peer.node_id, doc, None, &update).await;
             }
+            PeerMessage::Origin { code, node } => {
+                if code as usize != origins.len() + 1 || origins.len() >= MAX_ORIGINS {
+                    warn!(peer = %peer.node_id, code, "origin defined out of order or beyond the limit; closing the link");
+                    sock.control
+                        .close(close_code::PROTOCOL, "origin defined out of order");
+                    break;
+                }
+                origins.push(node);
+            }
+            PeerMessage::Routes { dist, carry } => {
+                let wants = hub.on_routes(&peer.node_id, dist, carry);
+                carry_tx.send_replace(Some(wants));
+            }
+            PeerMessage::Have { held } => hub.on_have(&peer.node_id, held),
             PeerMessage::Awareness { doc, path, update } => {
                 if path.contains(&hub.me.node_id) {
                     continue;
@@ -289,6 +334,7 @@ async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &
     link.control.token().cancel();
     hub.unregister(link);
     if !hub.is_linked(&peer.node_id) {
+        hub.route_link_down(&peer.node_id);
         stats.connected.store(false, Ordering::Relaxed);
         let reason = link.control.reason();
         if hub.shutdown.is_cancelled() {
@@ -354,16 +400,12 @@ async fn offer_live_docs(registry: Arc<Registry>, link: LinkHandle) {
 /// if it could not be stored (`None` only when there is nothing to wait for: our own update
 /// coming back, or one that cannot be decoded).
 async fn receive_update(
-    hub: &Replication,
     registry: &Arc<Registry>,
     from: &NodeId,
     doc: DocName,
-    path: Vec<NodeId>,
+    origin: Option<Origin>,
     update: &[u8],
 ) -> Option<oneshot::Receiver<()>> {
-    if path.contains(&hub.me.node_id) {
-        return None;
-    }
     let update = match IncomingUpdate::decode(update) {
         Ok(u) => u,
         Err(e) => {
@@ -374,7 +416,7 @@ async fn receive_update(
     let (done, durable) = oneshot::channel();
     let msg = RoomMsg::Replicated {
         update,
-        path,
+        origin,
         done: Some(done),
     };
     // A room that closed its inbox meanwhile (evicted, or its load failed) hands the update to

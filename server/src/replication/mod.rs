@@ -38,20 +38,26 @@ impl PeerRelay for Replication {
     fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]) {
         Replication::relay_awareness(self, doc, path, payload)
     }
+
+    fn originated(&self, n: u64) {
+        self.originated.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
 mod peer_sync_tests;
 pub mod resume;
+pub mod routes;
 pub mod socket;
 pub mod stream;
 
 use axum::extract::ws::close_code;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use concord_crdt::routing::Router;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::encoder::Encode;
 use concord_crdt::{DocName, NodeId, PeerMessage};
@@ -158,6 +164,16 @@ pub struct Replication {
     /// races the store's close, and every peer gets its `node shutting down` close frame.
     pub tasks: TaskTracker,
     next_link: AtomicU64,
+    /// Which neighbour brings which origin ([`routes`]); locked briefly, never on the
+    /// per-update path.
+    router: Mutex<Router>,
+    /// What this node holds of each origin, raised as updates arrive.
+    held: routes::Held,
+    /// What each neighbour asked us to send it (origin → what it held when it asked).
+    relays: DashMap<NodeId, Arc<BTreeMap<NodeId, u64>>>,
+    /// Updates this node's own clients wrote (log entries), for `/api/status`.
+    pub originated: AtomicU64,
+    started: Instant,
 }
 
 pub fn now_ms() -> u64 {
@@ -176,6 +192,7 @@ impl Replication {
         store: SharedStore,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let me_id = me.node_id.clone();
         Arc::new(Replication {
             me,
             secret: secret.map(String::into_bytes),
@@ -189,11 +206,17 @@ impl Replication {
             shutdown,
             tasks: TaskTracker::new(),
             next_link: AtomicU64::new(1),
+            router: Mutex::new(Router::new(me_id)),
+            held: routes::Held::default(),
+            relays: DashMap::new(),
+            originated: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
     /// Starts dialing the configured peers; their links deliver into `registry`'s rooms.
     pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
+        self.start_routing();
         for url in &self.configured {
             self.tasks.spawn(
                 dial::dial_forever(self.clone(), registry.clone(), url.clone()).in_current_span(),
@@ -332,12 +355,14 @@ impl Replication {
             sv: sv.encode_v1(),
         };
         for link in self.links() {
-            link.try_send(&msg);
+            let _ = link.try_send(&msg);
         }
     }
 
-    /// Relays a presence update to every peer not already on its path.
+    /// Relays a presence update along its origin's tree (the first node of its path): to every
+    /// peer that asked us for that origin and is not on the path already.
     pub fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]) {
+        let origin = path.first().unwrap_or(&self.me.node_id);
         let mut forward_path = path.to_vec();
         forward_path.push(self.me.node_id.clone());
         let msg = PeerMessage::Awareness {
@@ -346,7 +371,7 @@ impl Replication {
             update: payload.to_vec(),
         };
         for link in self.links() {
-            if !path.contains(&link.peer) {
+            if !path.contains(&link.peer) && self.relays_to(&link.peer, origin) {
                 link.try_send(&msg);
             }
         }

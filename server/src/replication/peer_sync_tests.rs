@@ -71,7 +71,10 @@ impl Node {
         self.room(doc)
             .send(RoomMsg::Replicated {
                 update: IncomingUpdate::decode(&update).unwrap(),
-                path: vec![NodeId::parse("elsewhere").unwrap()],
+                origin: Some(crate::store::Origin {
+                    node: NodeId::parse("elsewhere").unwrap(),
+                    seq: 1,
+                }),
                 done: Some(done),
             })
             .await
@@ -117,7 +120,7 @@ fn link(from: &Node, to: &Node) -> (LinkHandle, mpsc::Receiver<Bytes>) {
 /// Delivers one message that arrived at `at` (from `from`) the way the link does.
 async fn deliver(
     at: &Node,
-    from: &Node,
+    _from: &Node,
     back: &LinkHandle,
     doc: &DocName,
     bytes: &[u8],
@@ -134,10 +137,9 @@ async fn deliver(
         }
         PeerMessage::SyncStep2 { update, .. } => {
             let update = IncomingUpdate::decode(&update).unwrap();
-            let path = vec![from.id.clone()];
             let msg = RoomMsg::Replicated {
                 update,
-                path,
+                origin: None,
                 done: None,
             };
             at.room(doc).send(msg).await.unwrap();

@@ -2,9 +2,15 @@
 //! everything ([`super::resume`]).
 //!
 //! Catch-up reads the store in pages; once caught up the stream follows the live feed of
-//! committed entries (falling back to the store if it lags). Entries whose path holds the peer are
-//! skipped, and a `Progress` marker lets the peer acknowledge past them. At most [`WINDOW`]
-//! entries are in flight unacknowledged, so a slow peer slows its own stream and nothing else.
+//! committed entries (falling back to the store if it lags). It sends only the entries whose
+//! origin the peer asked for in its `Routes` ([`CarryFilter`]): our own, and those of the origins
+//! it takes through us (a detour, or a graft to catch up). Nothing is sent before the peer's
+//! first `Routes`. When the peer asks for an origin it did not before, the stream goes back and
+//! sends that origin's entries above what the peer holds of it, from what the log still
+//! retains. Skipped entries are covered by a `Progress` marker, so the peer acknowledges past
+//! them. Origins other than ours are named once per link (`Origin`) and then sent as a small
+//! code. At most [`WINDOW`] entries are in flight unacknowledged, so a slow peer slows its own
+//! stream and nothing else.
 //!
 //! A peer that holds nothing of this log (new, wiped, or with a record from an incarnation this
 //! log does not have), or one resuming before entries compaction deleted, first gets every stored
@@ -13,12 +19,14 @@
 //! (even at 0) and is not sent the snapshots again on its next reconnect; and it sends one after
 //! any entries it skipped or found deleted, so the peer's claim reaches the end of the log.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use concord_crdt::PeerMessage;
+use concord_crdt::routing::CarryFilter;
+use concord_crdt::{NodeId, PeerMessage};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -38,11 +46,22 @@ struct Stream {
     link: LinkHandle,
     stats: Arc<PeerStats>,
     acked: watch::Receiver<Seq>,
+    /// What the peer asks us to send ([`CarryFilter::set`] on each change).
+    carry: watch::Receiver<Option<Carry>>,
+    filter: CarryFilter,
+    /// The codes of the origins named on this link so far.
+    codes: HashMap<NodeId, u32>,
     /// Last sequence sent (or skipped).
     pos: Seq,
+    /// While `pos` is below this, the stream is going back over entries for an origin the peer
+    /// just asked for: entries missing there are not a gap in what the peer's cursor promises.
+    rewound_until: Seq,
     /// Whether entries were skipped since the last message sent.
     skipped: bool,
 }
+
+/// A peer's carry request: origin → the highest origin sequence it holds of it.
+pub type Carry = Arc<BTreeMap<NodeId, u64>>;
 
 pub async fn stream_log(
     hub: Arc<Replication>,
@@ -51,13 +70,19 @@ pub async fn stream_log(
     start: Seq,
     snapshots: bool,
     acked: watch::Receiver<Seq>,
+    carry: watch::Receiver<Option<Carry>>,
 ) {
+    let filter = CarryFilter::new(hub.me.node_id.clone(), start);
     let mut s = Stream {
         hub,
         link,
         stats,
         acked,
+        carry,
+        filter,
+        codes: HashMap::new(),
         pos: start,
+        rewound_until: 0,
         skipped: false,
     };
     if let Err(e) = s.run(snapshots).await {
@@ -83,6 +108,12 @@ enum StreamEnd {
 
 impl Stream {
     async fn run(&mut self, snapshots: bool) -> Result<(), StreamEnd> {
+        // Nothing before the peer says what it wants.
+        self.carry
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StreamEnd::LinkClosed)?;
+        self.apply_carry();
         let mut feed = self.hub.store.subscribe();
         if snapshots {
             self.send_snapshots().await?;
@@ -101,7 +132,10 @@ impl Stream {
                 // deleted behind its back. Unless this stream began with the snapshots, which
                 // cover them, end the link: the next one finds the log incomplete and sends
                 // the snapshots first. Never skip ahead silently.
-                if !snapshots && entries.first().map(|e| e.seq) != Some(self.pos + 1) {
+                if !snapshots
+                    && self.pos >= self.rewound_until
+                    && entries.first().map(|e| e.seq) != Some(self.pos + 1)
+                {
                     let complete = self.hub.store.log_complete_after(self.pos).await?;
                     if !complete {
                         let end = StreamEnd::LogCompacted(self.pos);
@@ -122,8 +156,18 @@ impl Stream {
                 }
             }
             self.flush_progress().await?;
-            // Caught up: follow the feed.
-            match feed.entries.recv().await {
+            // Caught up: follow the feed, unless the peer asks for more.
+            let next = tokio::select! {
+                changed = self.carry.changed() => {
+                    changed.map_err(|_| StreamEnd::LinkClosed)?;
+                    if self.apply_carry() {
+                        committed = self.hub.store.committed();
+                    }
+                    continue;
+                }
+                next = feed.entries.recv() => next,
+            };
+            match next {
                 Ok(e) => {
                     if e.seq > self.pos {
                         self.send(&e).await?;
@@ -141,20 +185,40 @@ impl Stream {
         }
     }
 
+    /// Applies the peer's latest carry request; returns whether the stream went back.
+    fn apply_carry(&mut self) -> bool {
+        let Some(carry) = self.carry.borrow_and_update().clone() else {
+            return false;
+        };
+        match self.filter.set(&carry, self.pos) {
+            Some(back) => {
+                debug!(peer = %self.link.peer, from = back, to = self.pos, origins = ?carry.keys().collect::<Vec<_>>(), "peer asks for another origin: going back over the log");
+                self.rewound_until = self.rewound_until.max(self.pos);
+                self.pos = back;
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn send(&mut self, e: &LogEntry) -> Result<(), StreamEnd> {
         self.pos = e.seq;
-        if e.path.contains(&self.link.peer) {
-            // It came from (or through) that peer: never send an update back along its path.
+        let origin = e.origin.as_ref();
+        let oseq = origin.map_or(e.seq, |o| o.seq);
+        if !self.filter.admits(origin.map(|o| &o.node), e.seq, oseq) {
             self.skipped = true;
             return Ok(());
         }
         self.wait_for_window().await?;
-        let mut path = e.path.clone();
-        path.push(self.hub.me.node_id.clone());
+        let code = match origin {
+            None => 0,
+            Some(o) => self.code(&o.node).await?,
+        };
         let msg = PeerMessage::Update {
             seq: e.seq,
             doc: e.doc.clone(),
-            path,
+            origin: code,
+            oseq,
             update: e.update.to_vec(),
         };
         self.put(msg.encode()).await?;
@@ -166,6 +230,24 @@ impl Stream {
         self.stats.sent_updates.fetch_add(1, Ordering::Relaxed);
         self.skipped = false;
         Ok(())
+    }
+
+    /// The code of `node` on this link, naming it first if this is its first update here.
+    async fn code(&mut self, node: &NodeId) -> Result<u32, StreamEnd> {
+        if let Some(&c) = self.codes.get(node) {
+            return Ok(c);
+        }
+        let code = self.codes.len() as u32 + 1;
+        self.put(
+            PeerMessage::Origin {
+                code,
+                node: node.clone(),
+            }
+            .encode(),
+        )
+        .await?;
+        self.codes.insert(node.clone(), code);
+        Ok(code)
     }
 
     /// Lets the peer acknowledge past entries we skipped.
@@ -212,13 +294,13 @@ impl Stream {
             };
             after = *last;
             for (_, doc, snapshot) in page {
-                let path = vec![self.hub.me.node_id.clone()];
                 // seq 0: acknowledging it moves nothing; the log that follows carries the cursor.
                 self.put(
                     PeerMessage::Update {
                         seq: 0,
                         doc,
-                        path,
+                        origin: 0,
+                        oseq: 0,
                         update: snapshot,
                     }
                     .encode(),

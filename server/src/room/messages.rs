@@ -38,8 +38,12 @@ impl Room {
                         }
                     }
                 }
-                RoomMsg::Replicated { update, path, done } => {
-                    run.push((Source::Peer { path, done }, update));
+                RoomMsg::Replicated {
+                    update,
+                    origin,
+                    done,
+                } => {
+                    run.push((Source::Peer { origin, done }, update));
                 }
                 other => {
                     self.accept_updates(&mut run, outbox).await?;
@@ -80,8 +84,12 @@ impl Room {
                     self.handle_client_message(id, msg, outbox).await?;
                 }
             }
-            RoomMsg::Replicated { update, path, done } => {
-                self.accept_update(Source::Peer { path, done }, update, outbox)
+            RoomMsg::Replicated {
+                update,
+                origin,
+                done,
+            } => {
+                self.accept_update(Source::Peer { origin, done }, update, outbox)
                     .await?;
             }
             RoomMsg::PeerSync { link, sv } => {

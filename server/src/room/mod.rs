@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tracing::error;
 
 use crate::handles::{ConnId, JoinError, PeerRelay, RoomMsg};
-use crate::store::{Durability, LogTail, SharedStore, StoreError};
+use crate::store::{Durability, LogTail, Origin, SharedStore, StoreError};
 use members::Member;
 use outbox::{Effect, Kind, Outbox, When};
 use stop::{Stop, refuse_all};
@@ -89,7 +89,7 @@ pub trait Directory: Send + Sync {
 enum Source {
     Client(ConnId),
     Peer {
-        path: Vec<NodeId>,
+        origin: Option<Origin>,
         done: Option<tokio::sync::oneshot::Sender<()>>,
     },
 }
@@ -293,7 +293,9 @@ impl Room {
             Effect::Done(done) => {
                 let _ = done.send(());
             }
-            Effect::Peer(link, msg) => link.try_send(&msg),
+            Effect::Peer(link, msg) => {
+                let _ = link.try_send(&msg);
+            }
         }
     }
 }

@@ -99,11 +99,15 @@ pub(super) async fn refuse_all(
             RoomMsg::Join { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
-            RoomMsg::Replicated { update, path, done } => {
+            RoomMsg::Replicated {
+                update,
+                origin,
+                done,
+            } => {
                 let append = Append {
                     doc: doc.clone(),
                     update: Bytes::from(update.bytes),
-                    path,
+                    origin,
                 };
                 let stored = match store.append(append).await {
                     Ok(commit) => matches!(commit.await, Ok(Ok(_))),

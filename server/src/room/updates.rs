@@ -53,22 +53,26 @@ impl Room {
         // and the peers' acknowledgements wait for that write, in order.
         let mut appends = Vec::new();
         let mut then = Vec::new();
+        let mut own = 0;
         for ((source, update), verdict) in run.drain(..).zip(verdicts) {
             let Some(verdict) = verdict else { continue };
             let from_peer = matches!(source, Source::Peer { .. });
-            let (path, done) = match (source, verdict) {
-                (Source::Client(_), Ok(Applied::Changed)) => (Vec::new(), None),
+            let (origin, done) = match (source, verdict) {
+                (Source::Client(_), Ok(Applied::Changed)) => {
+                    own += 1;
+                    (None, None)
+                }
                 (Source::Client(_), Ok(Applied::Unchanged)) => continue,
                 (Source::Client(id), Err(e)) => {
                     self.reject(id, close_code::INVALID, e.to_string());
                     continue;
                 }
-                (Source::Peer { path, done }, Ok(Applied::Changed)) => (path, done),
+                (Source::Peer { origin, done }, Ok(Applied::Changed)) => (origin, done),
                 // Nothing new (or unusable), but it may be new only to writes still in flight,
                 // this run's included: acknowledge it once those are durable.
-                (Source::Peer { path, done }, verdict) => {
+                (Source::Peer { origin, done }, verdict) => {
                     if let Err(e) = verdict {
-                        warn!(doc = %self.name, ?path, error = %e, "a peer's update does not apply; skipping it");
+                        warn!(doc = %self.name, ?origin, error = %e, "a peer's update does not apply; skipping it");
                     }
                     if let Some(done) = done {
                         let this_run = (!appends.is_empty()).then_some(&mut then);
@@ -84,7 +88,7 @@ impl Room {
             appends.push(Append {
                 doc: self.name.clone(),
                 update: bytes,
-                path,
+                origin,
             });
             let relay = Kind::Relay { from_peer };
             self.place(outbox, Some(&mut then), relay, Effect::Broadcast(frame));
@@ -96,6 +100,9 @@ impl Room {
             return Ok(());
         }
         let commit = self.env.store.append_all(appends).await?;
+        if let Some(hub) = self.env.peers.as_ref().filter(|_| own > 0) {
+            hub.originated(own);
+        }
         self.exists = true;
         outbox.push(commit, then);
         if self.repair_due.is_none() {

@@ -161,7 +161,7 @@ impl Store for MemoryStore {
             let entry = Arc::new(LogEntry {
                 seq,
                 doc: entry.doc,
-                path: entry.path,
+                origin: entry.origin,
                 update: entry.update,
             });
             inner.log.insert(seq, entry.clone());
@@ -326,7 +326,7 @@ mod tests {
             .append(Append {
                 doc: name(doc),
                 update: update.into(),
-                path: vec![],
+                origin: None,
             })
             .await
             .unwrap();
@@ -409,7 +409,7 @@ mod tests {
                 .append(Append {
                     doc: name("a"),
                     update: Bytes::new(),
-                    path: vec![]
+                    origin: None
                 })
                 .await,
             Err(StoreError::Closed)

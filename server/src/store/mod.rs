@@ -176,9 +176,44 @@ pub struct Append {
     pub doc: DocName,
     /// A Yjs v1 update, exactly as accepted.
     pub update: Bytes,
-    /// Node ids the update passed through before reaching this node, origin first. Empty for an
-    /// update from one of this node's own clients. Replication uses it to avoid loops.
-    pub path: Vec<NodeId>,
+    /// Where it was first written: `None` for an update from one of this node's own clients.
+    /// Replication routes by it.
+    pub origin: Option<Origin>,
+}
+
+/// Where a replicated update was first written: the node whose client wrote it, and its sequence
+/// in that node's log (0 when unknown: snapshots, and entries stored before origins were).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub node: NodeId,
+    pub seq: Seq,
+}
+
+impl Origin {
+    /// The text the log's `path` column holds: `node@seq` (node ids cannot hold `@`).
+    pub fn to_text(origin: Option<&Origin>) -> String {
+        origin.map_or_else(String::new, |o| format!("{}@{}", o.node, o.seq))
+    }
+
+    /// Reads [`Origin::to_text`]'s text, and the comma-separated paths stored before origins
+    /// were (their first node, sequence unknown).
+    pub fn parse(s: &str) -> Result<Option<Origin>, String> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let (node, seq) = match s.split_once('@') {
+            Some((node, seq)) => (
+                node,
+                seq.parse::<Seq>()
+                    .map_err(|e| format!("origin sequence {seq:?}: {e}"))?,
+            ),
+            None => (s.split(',').next().unwrap_or(s), 0),
+        };
+        Ok(Some(Origin {
+            node: NodeId::parse(node)?,
+            seq,
+        }))
+    }
 }
 
 /// A committed log entry, as replication reads it.
@@ -186,7 +221,7 @@ pub struct Append {
 pub struct LogEntry {
     pub seq: Seq,
     pub doc: DocName,
-    pub path: Vec<NodeId>,
+    pub origin: Option<Origin>,
     pub update: Bytes,
 }
 

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use concord_crdt::{DocName, NodeId};
+use concord_crdt::DocName;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tracing::error;
 
-use crate::store::{LogEntry, Seq, StoreError, StoredDoc, checksum};
+use crate::store::{LogEntry, Origin, Seq, StoreError, StoredDoc, checksum};
 
 /// Read connections to the database file, opened as needed and kept for the next read.
 pub(super) struct Readers {
@@ -154,11 +154,11 @@ pub(super) fn read_log(
                 reason,
             };
             let doc = DocName::parse(&name).map_err(|e| corrupt(e.to_string()))?;
-            let path = parse_path(&path_text).map_err(corrupt)?;
+            let origin = Origin::parse(&path_text).map_err(corrupt)?;
             out.push(LogEntry {
                 seq: seq as Seq,
                 doc,
-                path,
+                origin,
                 update: Bytes::from(data),
             });
         }
@@ -221,12 +221,4 @@ pub(super) fn log_complete(
         .prepare_cached("SELECT COUNT(*) FROM log WHERE seq > ?1 AND seq <= ?2")?
         .query_row(params![after as i64, committed as i64], |r| r.get(0))?;
     Ok(held as Seq == committed - after)
-}
-
-/// Paths are stored as comma-separated node ids (node ids cannot contain commas).
-fn parse_path(s: &str) -> Result<Vec<NodeId>, String> {
-    if s.is_empty() {
-        return Ok(Vec::new());
-    }
-    s.split(',').map(NodeId::parse).collect()
 }

@@ -18,7 +18,7 @@ async fn append(store: &SqliteStore, doc: &str, update: Vec<u8>) -> Seq {
         .append(Append {
             doc: name(doc),
             update: update.into(),
-            path: vec![],
+            origin: None,
         })
         .await
         .unwrap();
@@ -61,7 +61,7 @@ async fn sequence_numbers_grow_across_restarts_and_compaction() {
             .append(Append {
                 doc: name("a"),
                 update: Bytes::new(),
-                path: vec![]
+                origin: None
             })
             .await,
         Err(StoreError::Closed)
@@ -81,7 +81,7 @@ async fn append_all_writes_entries_in_order_with_consecutive_sequences() {
         .map(|(doc, s)| Append {
             doc: name(doc),
             update: edit(if doc == "a" { &client } else { &other }, 9, s).into(),
-            path: vec![],
+            origin: None,
         })
         .collect();
     let last = store
@@ -180,7 +180,7 @@ async fn a_full_store_reports_errors_and_keeps_what_it_had() {
             .append(Append {
                 doc: name("full"),
                 update: edit(&client, 0, &"x".repeat(4096)).into(),
-                path: vec![],
+                origin: None,
             })
             .await
             .unwrap();

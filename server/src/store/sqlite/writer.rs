@@ -19,7 +19,7 @@ use super::checkpoint::WAL_RESTART_BYTES;
 use super::schema::{SCHEMA, add_checksum_columns};
 use super::{SqliteOptions, peers};
 use crate::store::{
-    Append, Durability, Incarnation, LogEntry, PeerInfo, Seq, StoreError, checksum,
+    Append, Durability, Incarnation, LogEntry, Origin, PeerInfo, Seq, StoreError, checksum,
 };
 
 /// Most writes in one transaction; bounds the latency one batch adds to the next.
@@ -202,7 +202,7 @@ impl Writer {
                                 let _ = self.feed.entries.send(Arc::new(LogEntry {
                                     seq,
                                     doc: entry.doc,
-                                    path: entry.path,
+                                    origin: entry.origin,
                                     update: entry.update,
                                 }));
                             }
@@ -251,12 +251,7 @@ impl Writer {
                     )?;
                     for (entry, doc_id) in entries.iter().zip(doc_ids) {
                         let seq = self.next_seq;
-                        let path = entry
-                            .path
-                            .iter()
-                            .map(NodeId::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",");
+                        let path = Origin::to_text(entry.origin.as_ref());
                         let crc = checksum::log_entry(seq, doc_id, &path, &entry.update);
                         insert.execute(params![
                             seq as i64,
