@@ -71,7 +71,8 @@ struct Args {
     /// Additional connected editors per document that only read.
     #[arg(long, default_value_t = 0)]
     readers: usize,
-    /// Updates per second per editor (in trace mode: transactions per second per agent).
+    /// Updates per second per editor (in trace mode: transactions per second per agent). The
+    /// overall rate is docs × editors × rate, e.g. --docs 25 --editors 2 --rate 1: 50 updates/s.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
     /// How long to write (default 20 s; with --trace, until the trace ends).
