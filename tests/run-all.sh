@@ -69,10 +69,12 @@ step "browser tests (Chromium via playwright-core)"
 step "load test smoke run (3 regions, full convergence required)"
 "$root/target/release/loadtest" --regions 3 --latency 50ms --docs 6 --editors 6 --rate 5 \
   --duration 5s --quiet --out "$root/target/loadtest/smoke"
+node tests/replication-cost-fields.mjs "$root/target/loadtest/smoke/report.json"
 
 step "load test smoke run with tokens and TLS (wss:// clients, https:// peer links)"
 "$root/target/release/loadtest" --regions 3 --latency 50ms --docs 6 --editors 6 --rate 5 \
   --duration 5s --quiet --tls --auth-secret smoke-secret --out "$root/target/loadtest/smoke-tls"
+node tests/replication-cost-fields.mjs "$root/target/loadtest/smoke-tls/report.json"
 
 echo
 echo "all tests passed in ${SECONDS}s"

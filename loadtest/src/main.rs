@@ -11,6 +11,8 @@
 //! - [`trace`]: real editing traces replayed faithfully (sequential or concurrent).
 //! - [`stats`]: latency matching and per-second, per-region histograms.
 //! - [`procstat`]: CPU and RSS from `/proc`.
+//! - [`status_sampler`], [`replication_cost`]: the servers' replication counters over the
+//!   measured window, as copies, peer messages and peer bytes per update.
 //! - [`report`]: the stdout table, `report.json` and the self-contained `report.html`.
 //!
 //! A run: connect every editor → write for `--duration` (or `--ops`, or until the traces end) →
@@ -23,8 +25,10 @@ mod dial;
 mod editor;
 mod network;
 mod procstat;
+mod replication_cost;
 mod report;
 mod stats;
+mod status_sampler;
 mod tls;
 mod tokens;
 mod trace;
@@ -67,7 +71,8 @@ struct Args {
     /// Additional connected editors per document that only read.
     #[arg(long, default_value_t = 0)]
     readers: usize,
-    /// Updates per second per editor (in trace mode: transactions per second per agent).
+    /// Updates per second per editor (in trace mode: transactions per second per agent). The
+    /// overall rate is docs × editors × rate, e.g. --docs 25 --editors 2 --rate 1: 50 updates/s.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
     /// How long to write (default 20 s; with --trace, until the trace ends).
@@ -324,6 +329,15 @@ async fn main() -> anyhow::Result<()> {
     let write_start = Instant::now();
     let first_second = stats.start.elapsed().as_secs() + 1 + args.warmup.as_secs();
     phase_tx.send_replace(Phase::Write);
+    // The servers' counters at each end of the measured window (Concord regions only).
+    let sampler = cluster
+        .regions
+        .iter()
+        .map(|r| r.http.clone())
+        .collect::<Option<Vec<_>>>()
+        .map(|urls| {
+            status_sampler::StatusSampler::start(http.clone(), urls, stats.start, first_second)
+        });
     let mut last = (0u64, 0u64, Instant::now());
     // On a terminal the progress line rewrites itself; in a log file each second is a line.
     let (line_start, line_end) = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -371,6 +385,13 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let cpu_own = (procstat::own_cpu_seconds() - own_before) / write_secs;
     let last_second = stats.start.elapsed().as_secs();
+    let statuses = match sampler {
+        Some(s) => s
+            .window(last_second)
+            .await
+            .ok_or("no /api/status readings bracket the measured window"),
+        None => Err("the servers have no /api/status (not Concord)"),
+    };
 
     // Converge.
     phase_tx.send_replace(Phase::Drain);
@@ -428,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
         unmatched: stats.unmatched.load(Ordering::Relaxed),
         trace: script.as_ref().map(|s| s.name.clone()),
         trace_text_length_matches: trace_text_match,
+        statuses,
     });
     println!("{}", r.table());
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)?;

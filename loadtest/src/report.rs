@@ -12,12 +12,15 @@ mod timeline;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::replication_cost::{self, ReplicationCost};
 use crate::stats::{Bucket, Kind, Summary, merge, new_histogram};
+use crate::status_sampler::Statuses;
 use bins::Binned;
 use timeline::Point;
 
@@ -44,6 +47,8 @@ pub struct Inputs {
     pub unmatched: u64,
     pub trace: Option<String>,
     pub trace_text_length_matches: Option<bool>,
+    /// Every region's status at the start and at the end of the measured window, or why not.
+    pub statuses: Result<(Arc<Statuses>, Arc<Statuses>), &'static str>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +92,10 @@ pub struct Report {
     /// Latency histograms of the measured seconds (local and cross-region, all regions).
     pub histogram_local: Binned,
     pub histogram_cross: Binned,
+    /// Copies, peer messages and peer bytes per update over the measured window, from the
+    /// servers' counters; `null` with `replication_cost_note` saying why when not available.
+    pub replication_cost: Option<ReplicationCost>,
+    pub replication_cost_note: Option<String>,
 }
 
 fn local_of(b: &Bucket) -> Histogram<u64> {
@@ -133,6 +142,11 @@ impl Report {
         let cpu_total = (!i.cpu_servers.is_empty()).then(|| i.cpu_servers.iter().sum());
         let all = region("all".into(), &total, cpu_total, None);
         let timeline = timeline::points(&i.buckets, i.written.clone(), n);
+        // Without the servers' own count: the updates sent in the window (deletions included,
+        // which have no id to match an echo by; the run fails unless every one was written).
+        let cost = i.statuses.map_err(String::from).and_then(|(a, b)| {
+            replication_cost::compute(&i.regions, &a, &b, total.sent).map_err(|e| e.to_string())
+        });
         let mut local_all = new_histogram();
         let _ = local_all.add(local_of(&total));
         Report {
@@ -159,6 +173,8 @@ impl Report {
             timeline,
             histogram_local: bins::bin(&local_all),
             histogram_cross: bins::bin(&total.hist[Kind::Cross as usize]),
+            replication_cost_note: cost.as_ref().err().cloned(),
+            replication_cost: cost.ok(),
         }
     }
 
@@ -229,6 +245,28 @@ impl Report {
             self.reconnects,
             self.unmatched_deliveries
         );
+        match (&self.replication_cost, &self.replication_cost_note) {
+            (Some(c), _) => {
+                let _ = writeln!(
+                    t,
+                    "replication over the window: {:.2} copies/update (ideal N-1 = {}, ratio {:.2}), {:.2} peer messages/update, {:.0} peer bytes/update ({} updates, {} count)",
+                    c.copies_per_update,
+                    c.ideal_copies_per_update,
+                    c.copies_over_ideal,
+                    c.peer_messages_per_update,
+                    c.peer_bytes_per_update,
+                    c.updates,
+                    c.denominator.as_str(),
+                );
+            }
+            (None, note) => {
+                let _ = writeln!(
+                    t,
+                    "replication cost: not measured ({})",
+                    note.as_deref().unwrap_or("?")
+                );
+            }
+        }
         if let Some(m) = self.trace_text_length_matches {
             let _ = writeln!(
                 t,

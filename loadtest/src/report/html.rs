@@ -12,6 +12,7 @@ use plotters::style::RGBColor;
 use super::Report;
 use super::charts::{self, COLORS, ChartError, fmt_ms};
 use super::timeline::{self, Point};
+use crate::replication_cost::Denominator;
 
 pub fn render(r: &Report) -> String {
     let mut h = String::new();
@@ -52,6 +53,7 @@ pub fn render(r: &Report) -> String {
         r.reconnects
     );
     summary_table(&mut h, r);
+    replication_table(&mut h, r);
 
     h.push_str("<h2>Latency distribution</h2>");
     histogram(
@@ -154,6 +156,41 @@ fn summary_table(h: &mut String, r: &Report) {
         r.generator_rss_kib
             .map(|k| (k / 1024).to_string())
             .unwrap_or("-".into())
+    );
+}
+
+/// Copies, peer messages and peer bytes per update (`id=replication-cost`).
+fn replication_table(h: &mut String, r: &Report) {
+    h.push_str("<h2>Replication cost</h2>");
+    let Some(c) = &r.replication_cost else {
+        let _ = write!(
+            h,
+            "<p id=replication-cost>Not measured: {}.</p>",
+            esc(r.replication_cost_note.as_deref().unwrap_or("?"))
+        );
+        return;
+    };
+    let _ = write!(
+        h,
+        "<table id=replication-cost><tr><th>regions<th>updates<th>copies / update<th>ideal (N-1)\
+         <th>copies / ideal<th>peer messages / update<th>peer bytes / update</tr>\
+         <tr><td>{}<td>{}<td>{:.2}<td>{}<td>{:.2}<td>{:.2}<td>{:.0}</tr></table>\
+         <p>From the servers' <code>/api/status</code> counters over the measured window: \
+         <code>received_updates</code>, <code>received_messages</code> and \
+         <code>received_bytes</code> summed over every region's peers, per update written ({}).</p>",
+        c.regions,
+        c.updates,
+        c.copies_per_update,
+        c.ideal_copies_per_update,
+        c.copies_over_ideal,
+        c.peer_messages_per_update,
+        c.peer_bytes_per_update,
+        match c.denominator {
+            Denominator::Server => "the servers' own count, <code>originated_updates</code>",
+            Denominator::Client => {
+                "the servers report no <code>originated_updates</code>: the updates the generator sent"
+            }
+        }
     );
 }
 
