@@ -57,7 +57,7 @@ struct Neighbour {
     /// The routes we last told it (distances and carried origins), to send only changes.
     told: Option<(Vec<(NodeId, u8)>, Vec<NodeId>)>,
     /// What we last told it we hold.
-    told_held: Option<Vec<(NodeId, u64)>>,
+    told_held: BTreeMap<NodeId, u64>,
 }
 
 /// One node's routing state: its live neighbours and what it holds of every origin.
@@ -102,12 +102,14 @@ impl Router {
         }
     }
 
-    /// `from` says what it holds of each origin.
+    /// `from` says what it holds of the origins whose position changed since it last said.
     pub fn on_have(&mut self, from: &NodeId, held: Vec<(NodeId, u64)>, now: u64) {
         let Some(n) = self.links.get_mut(from) else {
             return;
         };
-        n.held = held.into_iter().collect();
+        for (origin, theirs) in held {
+            n.held.insert(origin, theirs);
+        }
         for (origin, &theirs) in &n.held {
             if *origin == self.me {
                 continue;
@@ -119,7 +121,6 @@ impl Router {
                 n.ahead.remove(origin);
             }
         }
-        n.ahead.retain(|o, _| n.held.contains_key(o));
     }
 
     /// This node now holds `origin` up to `oseq` (its own updates included).
@@ -168,11 +169,13 @@ impl Router {
                 if parent.as_ref() == Some(peer) {
                     continue;
                 }
-                // Our parent has it too: it is on its way, only slow.
-                let parent_has = parent
-                    .and_then(|p| self.links.get(&p))
-                    .and_then(|p| p.held.get(origin))
-                    .is_some_and(|&h| h >= target);
+                // Our parent has it too (the origin itself always has): it is on its way, only
+                // slow. A direct link that died unnoticed is routed around once noticed.
+                let parent_has = parent.as_ref() == Some(origin)
+                    || parent
+                        .and_then(|p| self.links.get(&p))
+                        .and_then(|p| p.held.get(origin))
+                        .is_some_and(|&h| h >= target);
                 // One neighbour at a time catches us up on an origin.
                 let already = self.links.values().any(|m| m.grafted.contains(origin));
                 if !parent_has && !already {
@@ -317,16 +320,25 @@ impl Router {
         out
     }
 
-    /// The `Have` message for every neighbour not yet told what we hold now.
+    /// The `Have` message for every neighbour not yet told what we hold now: only the origins
+    /// whose position changed since we last told it, and neither it nor us (it never asks us for
+    /// its own updates, nor for ours beyond its direct link).
     pub fn have_to_send(&mut self) -> Vec<(NodeId, PeerMessage)> {
-        let held: Vec<(NodeId, u64)> = self.held.iter().map(|(o, h)| (o.clone(), *h)).collect();
         let mut out = Vec::new();
         for (peer, n) in &mut self.links {
-            if n.told_held.as_ref() == Some(&held) {
+            let changed: Vec<(NodeId, u64)> = self
+                .held
+                .iter()
+                .filter(|(o, h)| {
+                    *o != peer && **o != self.me && n.told_held.get(*o) != Some(*h)
+                })
+                .map(|(o, h)| (o.clone(), *h))
+                .collect();
+            if changed.is_empty() {
                 continue;
             }
-            n.told_held = Some(held.clone());
-            out.push((peer.clone(), PeerMessage::Have { held: held.clone() }));
+            n.told_held.extend(changed.iter().cloned());
+            out.push((peer.clone(), PeerMessage::Have { held: changed }));
         }
         out
     }
@@ -335,7 +347,7 @@ impl Router {
     pub fn untell(&mut self, peer: &NodeId) {
         if let Some(n) = self.links.get_mut(peer) {
             n.told = None;
-            n.told_held = None;
+            n.told_held.clear();
         }
     }
 }
@@ -520,33 +532,51 @@ mod tests {
 
     #[test]
     fn a_neighbour_that_stays_ahead_is_grafted_until_we_catch_up() {
-        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
+        // A ring a-b-c-d-a; c takes a through b. Then a goes down, after d got more of its
+        // updates than b and c did: no tree reaches a any more, but d still has them.
+        let mut nodes = cluster(
+            &["a", "b", "c", "d"],
+            &[("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")],
+        );
+        assert_eq!(nodes[&id("c")].parent(&id("a")), Some(id("b")));
+        cut(&mut nodes, "a", "b");
+        cut(&mut nodes, "a", "d");
         let c = nodes.get_mut(&id("c")).unwrap();
+        assert_eq!(c.route(&id("a")), None);
         c.hold(&id("a"), 10, 0);
-        // b has a's updates up to 15; a (c's parent for a) has not said so.
-        c.on_have(&id("b"), vec![(id("a"), 15)], 1000);
+        c.on_have(&id("d"), vec![(id("a"), 15)], 1000);
         c.tick(1000 + GRAFT_AFTER_MS - 1);
-        assert!(c.grafted(&id("b")).is_empty(), "not before the delay");
+        assert!(c.grafted(&id("d")).is_empty(), "not before the delay");
         c.tick(1000 + GRAFT_AFTER_MS);
-        assert_eq!(c.grafted(&id("b")), BTreeSet::from([id("a")]));
+        assert_eq!(c.grafted(&id("d")), BTreeSet::from([id("a")]));
         let sent = c.routes_to_send();
-        let to_b = sent.iter().find(|(to, _)| *to == id("b")).unwrap();
+        let to_d = sent.iter().find(|(to, _)| *to == id("d")).unwrap();
         assert!(
-            matches!(&to_b.1, PeerMessage::Routes { carry, .. } if carry.contains(&(id("a"), 10)))
+            matches!(&to_d.1, PeerMessage::Routes { carry, .. } if carry.contains(&(id("a"), 10)))
         );
         c.hold(&id("a"), 15, 3000);
         c.tick(3000);
-        assert!(c.grafted(&id("b")).is_empty(), "caught up: the graft ends");
+        assert!(c.grafted(&id("d")).is_empty(), "caught up: the graft ends");
+    }
+
+    #[test]
+    fn a_direct_parent_is_never_second_guessed() {
+        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
+        let c = nodes.get_mut(&id("c")).unwrap();
+        c.on_have(&id("b"), vec![(id("a"), 15)], 0);
+        c.tick(10 * GRAFT_AFTER_MS);
+        assert!(c.grafted(&id("b")).is_empty(), "a itself sends its updates");
     }
 
     #[test]
     fn no_graft_while_the_parent_has_it_too() {
-        let mut nodes = cluster(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
-        let c = nodes.get_mut(&id("c")).unwrap();
-        c.on_have(&id("a"), vec![(id("a"), 15)], 0);
-        c.on_have(&id("b"), vec![(id("a"), 15)], 0);
-        c.tick(10 * GRAFT_AFTER_MS);
-        assert!(c.grafted(&id("b")).is_empty());
+        // A line a-b-c-d: d takes a through c, which is as far ahead as b.
+        let mut nodes = cluster(&["a", "b", "c", "d"], &[("a", "b"), ("b", "c"), ("c", "d")]);
+        let d = nodes.get_mut(&id("d")).unwrap();
+        assert_eq!(d.parent(&id("a")), Some(id("c")));
+        d.on_have(&id("c"), vec![(id("a"), 15)], 0);
+        d.tick(10 * GRAFT_AFTER_MS);
+        assert!(d.grafted(&id("c")).is_empty(), "c is the parent: it sends them");
     }
 
     #[test]

@@ -294,11 +294,15 @@ async fn write_everywhere_and_count(edges: Vec<(usize, usize)>, name: &str) {
         all <= all_bound,
         "{all} peer messages for {updates} updates: something loops"
     );
-    // ...and once converged, nothing circulates any more.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ...and once converged, nothing circulates any more: no update at all, and once the last
+    // round of what each node holds went out (every 2 s, only what changed), no message either.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let settled = c.received().await;
+    assert_eq!(settled.0, total, "updates still circulating after convergence");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         c.received().await,
-        (total, all),
+        settled,
         "messages still circulating after convergence"
     );
 }

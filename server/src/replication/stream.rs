@@ -56,9 +56,17 @@ struct Stream {
     /// While `pos` is below this, the stream is going back over entries for an origin the peer
     /// just asked for: entries missing there are not a gap in what the peer's cursor promises.
     rewound_until: Seq,
-    /// Whether entries were skipped since the last message sent.
+    /// Whether entries were skipped since the last message sent, the last of them, and when a
+    /// `Progress` marker covers them if no update does first ([`PROGRESS_AFTER`]).
     skipped: bool,
+    skipped_to: Seq,
+    progress_due: Option<tokio::time::Instant>,
 }
+
+/// How long skipped entries wait for an update to cover them before a `Progress` marker does.
+/// An update's acknowledgement covers everything before it, so a busy link needs no markers;
+/// a link whose entries are all skipped sends at most a few a second.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A peer's carry request: origin → the highest origin sequence it holds of it.
 pub type Carry = Arc<BTreeMap<NodeId, u64>>;
@@ -84,6 +92,8 @@ pub async fn stream_log(
         pos: start,
         rewound_until: 0,
         skipped: false,
+        skipped_to: start,
+        progress_due: None,
     };
     if let Err(e) = s.run(snapshots).await {
         debug!(peer = %s.link.peer, "log stream ended: {e}");
@@ -120,7 +130,7 @@ impl Stream {
         }
         // Acknowledged once everything before it (the snapshots) is durable at the peer, which
         // then records that it holds this log through the start, in its current incarnation.
-        self.skipped = true;
+        self.skip(self.pos);
         self.flush_progress().await?;
         let mut committed = feed.committed;
         loop {
@@ -148,16 +158,22 @@ impl Stream {
                     // The rest was compacted away (the peer has it, or got the snapshots): let
                     // the peer acknowledge up to here.
                     self.pos = committed;
-                    self.skipped = true;
+                    self.skip(committed);
+                    // At once: a peer that reconnects must not be sent the snapshots again.
+                    self.flush_progress().await?;
                     break;
                 }
                 for e in &entries {
                     self.send(e).await?;
                 }
             }
-            self.flush_progress().await?;
             // Caught up: follow the feed, unless the peer asks for more.
+            let due = self.progress_due;
             let next = tokio::select! {
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.flush_progress().await?;
+                    continue;
+                }
                 changed = self.carry.changed() => {
                     changed.map_err(|_| StreamEnd::LinkClosed)?;
                     if self.apply_carry() {
@@ -171,9 +187,6 @@ impl Stream {
                 Ok(e) => {
                     if e.seq > self.pos {
                         self.send(&e).await?;
-                    }
-                    if feed.entries.is_empty() {
-                        self.flush_progress().await?;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -206,7 +219,7 @@ impl Stream {
         let origin = e.origin.as_ref();
         let oseq = origin.map_or(e.seq, |o| o.seq);
         if !self.filter.admits(origin.map(|o| &o.node), e.seq, oseq) {
-            self.skipped = true;
+            self.skip(e.seq);
             return Ok(());
         }
         self.wait_for_window().await?;
@@ -228,7 +241,9 @@ impl Stream {
             .unwrap()
             .push_back((e.seq, Instant::now()));
         self.stats.sent_updates.fetch_add(1, Ordering::Relaxed);
+        // Its acknowledgement covers what was skipped before it.
         self.skipped = false;
+        self.progress_due = None;
         Ok(())
     }
 
@@ -250,12 +265,26 @@ impl Stream {
         Ok(code)
     }
 
+    /// Entries through `seq` were not sent to the peer.
+    fn skip(&mut self, seq: Seq) {
+        self.skipped = true;
+        self.skipped_to = seq;
+        self.progress_due
+            .get_or_insert_with(|| tokio::time::Instant::now() + PROGRESS_AFTER);
+    }
+
     /// Lets the peer acknowledge past entries we skipped.
     async fn flush_progress(&mut self) -> Result<(), StreamEnd> {
+        self.progress_due = None;
         if self.skipped {
             self.skipped = false;
-            self.put(PeerMessage::Progress { seq: self.pos }.encode())
-                .await?;
+            self.put(
+                PeerMessage::Progress {
+                    seq: self.skipped_to,
+                }
+                .encode(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -265,6 +294,10 @@ impl Stream {
             let acked = *self.acked.borrow();
             if self.pos.saturating_sub(acked) <= WINDOW {
                 return Ok(());
+            }
+            // Skipped entries count in the window: let the peer acknowledge them.
+            if self.skipped {
+                self.flush_progress().await?;
             }
             self.acked
                 .changed()
