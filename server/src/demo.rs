@@ -1,6 +1,6 @@
 //! `concord demo`: three regions on localhost in one process, meshed through links that add
 //! simulated one-way latency, so a browser can watch multi-leader replication: open two regions
-//! side by side, type in both, go offline in one.
+//! side by side, type in both, go offline in one, cut a link ([`crate::demo_console`]).
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::config::{DemoArgs, ServeArgs};
 use crate::delay_proxy::DelayProxy;
+use crate::demo_console::{Links, stdin_lines};
 
 pub async fn run(
     args: DemoArgs,
@@ -31,7 +32,7 @@ pub async fn run(
         .map(|l| l.local_addr())
         .collect::<Result<_, _>>()?;
     // One proxy per pair, dialed by the lower-numbered region; links carry both directions.
-    let mut proxies = Vec::new();
+    let mut links = Links::new(&args.regions);
     let mut peers = vec![Vec::new(); n];
     for (i, dialer) in peers.iter_mut().enumerate() {
         for (j, target) in addrs.iter().enumerate().skip(i + 1) {
@@ -41,7 +42,7 @@ pub async fn run(
                 info!(peer_region = %args.regions[j], proxy = %p.addr, latency = ?args.latency, "peer dialed through a delay proxy");
             });
             dialer.push(format!("http://{}", p.addr));
-            proxies.push(p);
+            links.add(&args.regions[i], &args.regions[j], p);
         }
     }
     let secret = format!("demo-{:016x}", rand::random::<u64>());
@@ -76,13 +77,31 @@ pub async fn run(
     for (name, addr) in args.regions.iter().zip(&addrs) {
         println!("  region {name}: http://{addr}/?doc=demo&region={name}");
     }
+    if let [a, b, ..] = &args.regions[..] {
+        println!("Type `cut {a} {b}` (Enter) to cut a link, `heal {a} {b}` to restore it.");
+    }
     println!("Ctrl-C stops everything.");
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         stop.await;
         trigger.cancel();
     });
-    try_join_all(servers).await?;
-    drop(proxies);
+    let servers = try_join_all(servers);
+    tokio::pin!(servers);
+    let mut lines = stdin_lines();
+    loop {
+        tokio::select! {
+            done = &mut servers => {
+                done?;
+                break;
+            }
+            Some(line) = lines.recv() => match links.run(&line) {
+                Ok(Some(said)) => println!("{said}"),
+                Ok(None) => {}
+                Err(e) => println!("{e}"),
+            },
+        }
+    }
+    drop(links);
     Ok(())
 }

@@ -12,7 +12,8 @@
 //! - [`registry`]: the live documents (a `DashMap` of rooms), started on first use.
 //! - [`room`]: the actor that owns one document: applies updates, stores them, broadcasts once
 //!   they are durable, tracks presence.
-//! - [`demo`]: `concord demo`, three meshed regions in one process.
+//! - [`demo`]: `concord demo`, three meshed regions in one process; [`demo_console`]: the
+//!   commands typed into it (cut and heal a link).
 //! - [`delay_proxy`]: a latency-adding, cuttable TCP proxy simulating inter-region links.
 //! - [`memory`]: returns freed memory to the OS after evictions (glibc for SQLite, and each
 //!   worker's mimalloc heap: the `concord` binary's allocator).
@@ -32,6 +33,7 @@ pub mod connection;
 pub mod control;
 pub mod delay_proxy;
 pub mod demo;
+pub mod demo_console;
 pub mod handles;
 pub mod http;
 pub mod limits;

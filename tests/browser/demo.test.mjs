@@ -19,6 +19,8 @@ const artifacts = path.join(root, 'target/browser-artifacts')
 let demo
 let dataDir
 let regions = {}
+/** Everything the demo printed so far (its URLs, then its answers to commands). */
+let demoOut = ''
 let browser
 /** Console errors and uncaught page errors of the windows opened by the running test. */
 const consoleErrors = []
@@ -27,15 +29,14 @@ before(async () => {
   dataDir = mkdtempSync(path.join(tmpdir(), 'concord-demo-'))
   demo = spawn(bin, ['demo', '--listen', '127.0.0.1:0', '--latency', '80ms', '--data-dir', dataDir], {
     env: { ...process.env, RUST_LOG: 'warn', NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'inherit']
+    stdio: ['pipe', 'pipe', 'inherit'] // stdin: the demo's commands (cut and heal a link)
   })
   await new Promise((resolve, reject) => {
-    let buf = ''
     const timer = setTimeout(() => reject(new Error('demo did not start')), 60000)
     demo.on('exit', (code) => reject(new Error(`demo exited with ${code}`)))
     demo.stdout.on('data', (chunk) => {
-      buf += chunk
-      for (const m of buf.matchAll(/region (\w+): (http:\/\/[\d.:]+)\//g)) regions[m[1]] = m[2]
+      demoOut += chunk
+      for (const m of demoOut.matchAll(/region (\w+): (http:\/\/[\d.:]+)\//g)) regions[m[1]] = m[2]
       if (Object.keys(regions).length === 3) { clearTimeout(timer); resolve() }
     })
   })
@@ -73,11 +74,22 @@ async function open (region, doc, name, viewport = { width: 900, height: 700 }) 
  * passes vacuously when run alone).
  */
 function browserTest (name, fn) {
-  test(name, async () => {
+  test(name, async (t) => {
     consoleErrors.length = 0
-    await fn()
+    await fn(t)
     assert.deepEqual(consoleErrors, [], 'console errors in the windows of this test')
   })
+}
+
+/** Types `line` into the demo's terminal and waits for it to answer `reply`. */
+async function command (line, reply) {
+  const from = demoOut.length
+  demo.stdin.write(`${line}\n`)
+  const deadline = Date.now() + 10000
+  while (!demoOut.slice(from).includes(reply)) {
+    if (Date.now() > deadline) throw new Error(`the demo did not answer ${reply} to ${line}:\n${demoOut.slice(from)}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
 }
 
 /** Two windows of `doc`, on two regions. */
@@ -208,5 +220,43 @@ browserTest('works at a narrow width with sensible focus', async () => {
   await page.keyboard.press('Tab')
   assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Open')
   await page.screenshot({ path: path.join(artifacts, 'narrow.png') })
+  await page.close()
+})
+
+browserTest('the region map shows every region and link, a cut link down, and the link back up when healed', async (t) => {
+  const page = await open('eu', 'browser/map', 'Fay')
+  const link = (key) => page.locator(`#map [data-link="${key}"]`)
+  const allUp = () => page.waitForFunction(() => document.querySelectorAll('#map [data-link][data-state="up"]').length === 3, null, { timeout: 30000 })
+  await allUp()
+  assert.deepEqual(await page.locator('#map [data-node]').evaluateAll((ns) => ns.map((n) => [n.dataset.node, n.dataset.state])),
+    [['ap', 'up'], ['eu', 'up'], ['us', 'up']])
+  assert.deepEqual(await page.locator('#map [data-link]').evaluateAll((ls) => ls.map((l) => l.dataset.link).sort()), ['ap|eu', 'ap|us', 'eu|us'])
+  assert.match(await link('eu|us').getAttribute('aria-label'), /^eu – us: up, \d+ ms$/)
+  assert.match(await link('eu|us').locator('title').textContent(), /^eu – us: up, \d+ ms$/)
+  await page.locator('#region-map').screenshot({ path: path.join(artifacts, 'region-map.png') })
+
+  // Servers that report routes (`carries` per peer) show the traffic going around the cut.
+  const routed = (await (await fetch(`${regions.eu}/api/status`)).json()).peers.some((p) => 'carries' in p)
+  await command('cut eu us', 'link eu-us cut')
+  try {
+    await page.waitForSelector('#map [data-link="eu|us"][data-state="down"]', { timeout: 20000 })
+    assert.equal(await link('eu|us').getAttribute('aria-label'), 'eu – us: down')
+    // The link's ends still answer: only the link is cut.
+    assert.equal(await page.locator('#map [data-node][data-state="up"]').count(), 3)
+    for (const key of ['ap|eu', 'ap|us']) assert.ok(['up', 'detour'].includes(await link(key).getAttribute('data-state')), key)
+    if (routed) {
+      // eu gets us's updates through ap, and us gets eu's.
+      await page.waitForSelector('#map [data-link^="ap|"][data-state="detour"]', { timeout: 20000 })
+      const said = await page.locator('#map [data-state="detour"]').first().getAttribute('aria-label')
+      assert.match(said, /^ap – (eu|us): up, \d+ ms, carries (eu|us)'s updates \(detour\)$/)
+    } else {
+      t.diagnostic('skipped the detour check: the servers report no `carries` per peer')
+    }
+    await page.locator('#region-map').screenshot({ path: path.join(artifacts, 'region-map-cut.png') })
+  } finally {
+    await command('heal eu us', 'link eu-us healed')
+  }
+  // Back up, and (with routes) no longer detoured: all three links plainly up.
+  await allUp()
   await page.close()
 })

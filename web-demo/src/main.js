@@ -8,6 +8,8 @@ import { WebsocketProvider } from 'y-websocket'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 import { EditorView, basicSetup } from 'codemirror'
 import { keymap } from '@codemirror/view'
+import { regionMap } from './region-map-model.js'
+import { renderMap, legend } from './region-map.js'
 
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
@@ -46,7 +48,8 @@ async function status (base) {
   // The token goes in the query rather than a header: a cross-origin GET with a header would
   // need a CORS preflight per poll.
   const query = token ? `?token=${encodeURIComponent(token)}` : ''
-  const res = await fetch(`${base}/api/status${query}`, { cache: 'no-store' })
+  // A region that does not answer within 3 s counts as down (and polls do not pile up).
+  const res = await fetch(`${base}/api/status${query}`, { cache: 'no-store', signal: AbortSignal.timeout(3000) })
   if (res.status === 401 || res.status === 403) state.statusDenied = true
   if (!res.ok) throw new Error(`status ${res.status}`)
   return res.json()
@@ -153,11 +156,13 @@ async function renderReplication () {
     const p = document.createElement('p')
     p.textContent = 'The replication panel needs an admin token (open the page with ?token= of one).'
     $('replication').replaceChildren(p)
+    $('region-map').replaceChildren()
     return
   }
   const rows = await Promise.all(state.regions.map(async (r) => {
     try { return { r, s: await status(r.url) } } catch (e) { return { r, error: String(e.message || e) } }
   }))
+  renderMap($('map'), regionMap(rows, state.region && state.region.url))
   const table = $('replication')
   table.replaceChildren()
   for (const { r, s, error } of rows) {
@@ -245,6 +250,7 @@ async function main () {
     select.append(o)
   })
   updateUrl()
+  $('region-map').append(legend())
   connect()
   view.focus()
   renderReplication()
