@@ -119,9 +119,23 @@ impl Store for HeldStore {
         Ok(self.hold(inner))
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
-        let inner = self.inner.compact(doc, snapshot).await?;
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> Result<Commit, StoreError> {
+        let inner = self.inner.compact(doc, snapshot, upto).await?;
         Ok(self.hold(inner))
+    }
+
+    async fn read_doc_log(
+        &self,
+        doc: &DocName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+        self.inner.read_doc_log(doc, after, limit).await
     }
 
     async fn close(&self) {

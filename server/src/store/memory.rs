@@ -174,14 +174,19 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> Result<Commit, StoreError> {
         self.write(|inner| {
             let retain_above = inner.min_acked();
             let row = inner.doc_mut(doc);
-            let covered = row.last_seq;
+            let covered = row.last_seq.min(upto);
             row.snapshot = Some(snapshot);
             row.snapshot_seq = row.snapshot_seq.max(covered);
-            row.tail.clear();
+            row.tail = row.tail.split_off(&(covered + 1));
             // Entries some peer has not acknowledged stay in the log for replication.
             let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
             let gone: Vec<Seq> = inner
@@ -195,6 +200,27 @@ impl Store for MemoryStore {
             }
             covered
         })
+    }
+
+    async fn read_doc_log(
+        &self,
+        doc: &DocName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .ids
+            .get(doc)
+            .and_then(|id| inner.docs.get(id))
+            .map(|d| {
+                d.tail
+                    .range(after + 1..)
+                    .take(limit)
+                    .map(|(seq, u)| (*seq, u.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn close(&self) {
@@ -367,7 +393,7 @@ mod tests {
             .await
             .unwrap();
         let covered = store
-            .compact(&name("d"), reference.full_state())
+            .compact(&name("d"), reference.full_state(), Seq::MAX)
             .await
             .unwrap()
             .await
@@ -444,7 +470,7 @@ mod tests {
         let peer = NodeId::parse("p").unwrap();
         store.set_peer_cursor(&peer, 2).await.unwrap();
         store
-            .compact(&name("d"), reference.full_state())
+            .compact(&name("d"), reference.full_state(), Seq::MAX)
             .await
             .unwrap();
         // 1 and 2 are gone (the peer has them); 3 and 4 wait for it.

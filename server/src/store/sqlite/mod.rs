@@ -170,6 +170,18 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn read_doc_log(
+        &self,
+        doc: &DocName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+        let name = doc.clone();
+        self.readers
+            .read(move |conn| readers::read_doc_log(conn, &name, after, limit))
+            .await
+    }
+
     async fn load(&self, doc: &DocName) -> Result<Option<StoredDoc>, StoreError> {
         let name = doc.clone();
         self.readers
@@ -192,11 +204,17 @@ impl Store for SqliteStore {
         self.submit(|done| Op::Append { entries, done }).await
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        upto: Seq,
+    ) -> Result<Commit, StoreError> {
         let doc = doc.clone();
         self.submit(|done| Op::Compact {
             doc,
             snapshot,
+            upto,
             done,
         })
         .await

@@ -211,6 +211,41 @@ pub(super) fn read_snapshots(
     }
 }
 
+/// Up to `limit` log entries of `doc` above `after` (see `Store::read_doc_log`). An entry that
+/// fails its checksum fails the read: the room must not skip an update it was promised.
+pub(super) fn read_doc_log(
+    conn: &Connection,
+    doc: &DocName,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT log.seq, log.path, log.data, log.crc, log.doc_id FROM log JOIN docs ON docs.id = log.doc_id
+         WHERE docs.name = ?1 AND log.seq > ?2 ORDER BY log.seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![doc.as_str(), after as i64, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, path, data, crc, id) = row?;
+        if !checksum::matches(crc, checksum::log_entry(seq as Seq, id, &path, &data)) {
+            return Err(StoreError::Corrupt {
+                doc: doc.to_string(),
+                reason: format!("log entry {seq} fails its checksum"),
+            });
+        }
+        out.push((seq as Seq, Bytes::from(data)));
+    }
+    Ok(out)
+}
+
 /// Whether the log holds every entry numbered from `after + 1` through `committed`.
 pub(super) fn log_complete(
     conn: &Connection,

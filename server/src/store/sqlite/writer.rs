@@ -35,6 +35,7 @@ pub(super) enum Op {
     Compact {
         doc: DocName,
         snapshot: Vec<u8>,
+        upto: Seq,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     Cursor {
@@ -264,9 +265,14 @@ impl Writer {
                     }
                     seqs.push(self.next_seq - 1);
                 }
-                Op::Compact { doc, snapshot, .. } => {
+                Op::Compact {
+                    doc,
+                    snapshot,
+                    upto,
+                    ..
+                } => {
                     let doc_id = self.doc_id(doc, new_docs)?;
-                    seqs.push(self.compact(doc_id, snapshot)?);
+                    seqs.push(self.compact(doc_id, snapshot, *upto)?);
                 }
                 Op::Cursor {
                     peer, seq, reset, ..
