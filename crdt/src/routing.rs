@@ -275,36 +275,46 @@ impl Router {
             .unwrap_or_default()
     }
 
-    /// The distances we advertise to `peer`: poisoned for the origins it is our parent for.
-    fn advert(&self, peer: &NodeId) -> Vec<(NodeId, u8)> {
-        self.origins()
-            .into_iter()
-            .filter_map(|o| {
-                let r = self.route(&o)?;
+    /// The distances we advertise to `peer`, given our route to every origin: poisoned for the
+    /// origins it is our parent for.
+    fn advert(routes: &[(NodeId, Route)], peer: &NodeId) -> Vec<(NodeId, u8)> {
+        routes
+            .iter()
+            .map(|(o, r)| {
                 let d = if r.via.as_ref() == Some(peer) {
                     UNREACHABLE
                 } else {
                     r.distance
                 };
-                Some((o, d))
+                (o.clone(), d)
             })
             .collect()
     }
 
     /// The `Routes` message for every neighbour whose routes changed since we last told it.
     pub fn routes_to_send(&mut self) -> Vec<(NodeId, PeerMessage)> {
-        let peers: Vec<NodeId> = self.links.keys().cloned().collect();
+        // Every origin's route, once for all neighbours (what `carries` does per neighbour).
+        let routes: Vec<(NodeId, Route)> = self
+            .origins()
+            .into_iter()
+            .filter_map(|o| self.route(&o).map(|r| (o, r)))
+            .collect();
         let mut out = Vec::new();
-        for peer in peers {
-            let dist = self.advert(&peer);
-            let carry: Vec<NodeId> = self.carries(&peer).into_iter().collect();
-            let n = self.links.get_mut(&peer).expect("listed above");
-            let now = Some((dist, carry));
-            if n.told == now {
+        for (peer, n) in &mut self.links {
+            let dist = Self::advert(&routes, peer);
+            let mut carry: BTreeSet<NodeId> = routes
+                .iter()
+                .filter(|(_, r)| r.via.as_ref() == Some(peer))
+                .map(|(o, _)| o.clone())
+                .collect();
+            carry.extend(n.grafted.iter().cloned());
+            let carry: Vec<NodeId> = carry.into_iter().collect();
+            let now = (dist, carry);
+            if n.told.as_ref() == Some(&now) {
                 continue;
             }
-            n.told = now.clone();
-            let (dist, carry) = now.expect("just built");
+            n.told = Some(now.clone());
+            let (dist, carry) = now;
             let carry = carry
                 .into_iter()
                 .map(|o| {
@@ -312,7 +322,7 @@ impl Router {
                     (o, h)
                 })
                 .collect();
-            out.push((peer, PeerMessage::Routes { dist, carry }));
+            out.push((peer.clone(), PeerMessage::Routes { dist, carry }));
         }
         out
     }
