@@ -42,6 +42,9 @@ pub struct Route {
     pub via: Option<NodeId>,
 }
 
+/// What a neighbour was last told: the distances advertised to it and the origins asked of it.
+type Told = (Vec<(NodeId, u8)>, Vec<NodeId>);
+
 #[derive(Default)]
 struct Neighbour {
     /// Distances it advertised to us.
@@ -55,7 +58,7 @@ struct Neighbour {
     /// Origins we asked it for beyond the tree, to catch up.
     grafted: BTreeSet<NodeId>,
     /// The routes we last told it (distances and carried origins), to send only changes.
-    told: Option<(Vec<(NodeId, u8)>, Vec<NodeId>)>,
+    told: Option<Told>,
     /// What we last told it we hold.
     told_held: BTreeMap<NodeId, u64>,
 }
@@ -339,9 +342,7 @@ impl Router {
             let changed: Vec<(NodeId, u64)> = self
                 .held
                 .iter()
-                .filter(|(o, h)| {
-                    *o != peer && **o != self.me && n.told_held.get(*o) != Some(*h)
-                })
+                .filter(|(o, h)| *o != peer && **o != self.me && n.told_held.get(*o) != Some(*h))
                 .map(|(o, h)| (o.clone(), *h))
                 .collect();
             if changed.is_empty() {
@@ -593,7 +594,10 @@ mod tests {
         assert_eq!(d.parent(&id("a")), Some(id("c")));
         d.on_have(&id("c"), vec![(id("a"), 15)], 0);
         d.tick(10 * GRAFT_AFTER_MS);
-        assert!(d.grafted(&id("c")).is_empty(), "c is the parent: it sends them");
+        assert!(
+            d.grafted(&id("c")).is_empty(),
+            "c is the parent: it sends them"
+        );
     }
 
     #[test]

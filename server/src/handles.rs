@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::extract::ws::close_code;
 use bytes::Bytes;
@@ -170,4 +171,73 @@ pub trait PeerRelay: Send + Sync {
     fn relay_awareness(&self, doc: &DocName, path: &[NodeId], payload: &[u8]);
     /// Counts `n` updates from this node's own clients appended to the log (for status).
     fn originated(&self, n: u64);
+}
+
+/// Replicated updates a document's room could not take when they arrived (its inbox was full):
+/// the link wrote them to the log for it instead, acknowledged them once durable, and the room
+/// reads them back from there ([`crate::store::Store::read_doc_log`]). So a busy or slow
+/// document waits on its own, in the log, and never holds up the other documents of a link.
+/// One per document name, for as long as the node runs (rooms come and go; what was written for
+/// the document must reach whichever room serves it next).
+#[derive(Default)]
+pub struct Lane {
+    /// The highest log sequence written for the document this way.
+    pub written: AtomicU64,
+    /// Writes for the document in progress (their sequences not known yet).
+    pub writing: AtomicU64,
+    /// Wakes the room when `written` rises.
+    pub wake: tokio::sync::Notify,
+    /// How far the room serving the document has read what was written this way.
+    pub applied: AtomicU64,
+    /// Set while the room takes a snapshot: a snapshot covers every entry of the document queued
+    /// before it, so no write for the lane may be queued between the room's check that it has
+    /// read everything and its snapshot's place in the queue ([`Lane::begin_compaction`]).
+    compacting: AtomicBool,
+    compacted: tokio::sync::Notify,
+}
+
+impl Lane {
+    /// Whether everything written for the document this way is at or below `applied`: none in
+    /// progress, none above. While it is not, later updates for the document go the same way,
+    /// so they reach the room in order.
+    pub fn caught_up(&self, applied: u64) -> bool {
+        self.writing.load(Ordering::SeqCst) == 0 && self.written.load(Ordering::SeqCst) <= applied
+    }
+
+    /// [`Lane::caught_up`] as far as the room has said.
+    pub fn idle(&self) -> bool {
+        self.caught_up(self.applied.load(Ordering::SeqCst))
+    }
+
+    /// The room (having read through `applied`) is about to queue a snapshot: true if it may,
+    /// and then no write for the lane is queued until [`Lane::end_compaction`]. With both sides
+    /// announcing first and checking second (`writing` here, `compacting` in
+    /// [`Lane::start_write`]), either the room sees the write and waits for its next chance, or
+    /// the write waits until the snapshot is queued.
+    pub fn begin_compaction(&self, applied: u64) -> bool {
+        self.compacting.store(true, Ordering::SeqCst);
+        if self.caught_up(applied) {
+            return true;
+        }
+        self.end_compaction();
+        false
+    }
+
+    pub fn end_compaction(&self) {
+        self.compacting.store(false, Ordering::SeqCst);
+        self.compacted.notify_waiters();
+    }
+
+    /// A link is about to queue a write for the lane: counts it, and waits while the room is
+    /// queuing a snapshot (a moment: the snapshot only has to take its place in the queue).
+    pub async fn start_write(&self) {
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let done = self.compacted.notified();
+            if !self.compacting.load(Ordering::SeqCst) {
+                return;
+            }
+            done.await;
+        }
+    }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::handles::{ClientHandle, JoinError, PeerRelay, RoomMsg};
+use crate::handles::{ClientHandle, JoinError, Lane, PeerRelay, RoomMsg};
 use crate::limits::{DocSlot, LiveDocs, Refusal};
 use crate::room::{Directory, Room, RoomConfig, RoomEnv};
 use crate::store::SharedStore;
@@ -33,10 +33,15 @@ use crate::store::SharedStore;
 pub struct RoomHandle {
     pub tx: mpsc::Sender<RoomMsg>,
     generation: u64,
+    /// Where replicated updates for the document wait when the inbox is full.
+    pub lane: Arc<Lane>,
 }
 
 pub struct Registry {
     docs: DashMap<DocName, RoomHandle>,
+    /// The [`Lane`]s holding replicated updates written to the log for a room too busy to take
+    /// them: registered when that first happens, dropped with the room once it has read them.
+    lanes: DashMap<DocName, Arc<Lane>>,
     next_generation: AtomicU64,
     /// What every room shares: configuration, store, peers, the shutdown signal.
     env: Arc<RoomEnv>,
@@ -76,6 +81,7 @@ impl Registry {
     ) -> Arc<Self> {
         Arc::new(Registry {
             docs: DashMap::new(),
+            lanes: DashMap::new(),
             next_generation: AtomicU64::new(1),
             env: Arc::new(RoomEnv {
                 config,
@@ -129,13 +135,15 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName, slot: DocSlot) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.env.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        // A lane still holding updates for the document goes to its next room.
+        let lane = self.lanes.get(name).map(|l| l.clone()).unwrap_or_default();
         let run = Room::run(
             name.clone(),
             generation,
             self.env.clone(),
             self.clone(),
-            tx.downgrade(),
-            rx,
+            (tx.downgrade(), rx),
+            lane.clone(),
         );
         self.tasks.spawn(
             async move {
@@ -144,7 +152,11 @@ impl Registry {
             }
             .instrument(self.span.clone()),
         );
-        RoomHandle { tx, generation }
+        RoomHandle {
+            tx,
+            generation,
+            lane,
+        }
     }
 
     /// Joins `client` to the room of `name` once the document is loaded. Returns the inbox of
@@ -225,9 +237,23 @@ impl Registry {
 
     /// Removes `name` if it is still the room of that `generation`. Returns whether it did.
     pub fn remove_if_current(&self, name: &DocName, generation: u64) -> bool {
-        self.docs
+        let removed = self
+            .docs
             .remove_if(name, |_, h| h.generation == generation)
-            .is_some()
+            .is_some();
+        if removed {
+            self.lanes.remove_if(name, |_, lane| lane.idle());
+        }
+        removed
+    }
+
+    /// The lane of `room` (the current room of `name`), registered so that the document's next
+    /// room reads what is written there too.
+    pub fn lane(&self, name: &DocName, room: &RoomHandle) -> Arc<Lane> {
+        self.lanes
+            .entry(name.clone())
+            .or_insert_with(|| room.lane.clone())
+            .clone()
     }
 
     /// The live room of `name`, if any (does not start one).

@@ -54,7 +54,7 @@ async fn append(store: &SharedStore, doc: &str, update: &[u8]) -> Seq {
 
 async fn compact(store: &SharedStore, doc: &str, snapshot: Vec<u8>) -> Seq {
     store
-        .compact(&name(doc), snapshot, Seq::MAX)
+        .compact(&name(doc), snapshot)
         .await
         .unwrap()
         .await
@@ -161,7 +161,7 @@ mod cases {
         append(&store, "e", &edit(&e, "1")).await;
         append(&store, "d", &edit(&d, "2")).await;
         let snapshot = d.transact().encode_state_as_update_v1(&Default::default());
-        let commit = store.compact(&name("d"), snapshot, Seq::MAX).await.unwrap();
+        let commit = store.compact(&name("d"), snapshot).await.unwrap();
         // Queued after the compaction: not covered by it, so a load still returns it.
         let after = edit(&d, "3");
         let later = store.append(entry("d", &after)).await.unwrap();
@@ -418,7 +418,7 @@ mod cases {
         let closed = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Closed));
         assert!(closed(store.append(entry("a", &edit(&client, "y"))).await));
         assert!(closed(store.append_all(vec![entry("a", b"z")]).await));
-        assert!(closed(store.compact(&name("a"), vec![0, 0], Seq::MAX).await));
+        assert!(closed(store.compact(&name("a"), vec![0, 0]).await));
         assert!(closed(store.set_peer_cursor(&node("p"), 1).await));
         // Closing twice is harmless.
         store.close().await;

@@ -298,7 +298,10 @@ async fn write_everywhere_and_count(edges: Vec<(usize, usize)>, name: &str) {
     // round of what each node holds went out (every 2 s, only what changed), no message either.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let settled = c.received().await;
-    assert_eq!(settled.0, total, "updates still circulating after convergence");
+    assert_eq!(
+        settled.0, total,
+        "updates still circulating after convergence"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         c.received().await,

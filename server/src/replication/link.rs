@@ -33,8 +33,8 @@ use super::auth::Identity;
 use super::socket::{PeerSocket, SHUTTING_DOWN};
 use super::{PeerStats, Replication, now_ms};
 use crate::handles::{LinkHandle, RoomMsg};
-use crate::registry::Registry;
-use crate::store::{Origin, Seq, SharedStore, StoreError};
+use crate::registry::{Registry, RoomHandle};
+use crate::store::{Append, Origin, Seq, SharedStore, StoreError};
 
 /// How often acknowledgements are sent (when there is something new to acknowledge).
 const ACK_EVERY: Duration = Duration::from_millis(20);
@@ -399,7 +399,7 @@ async fn offer_live_docs(registry: Arc<Registry>, link: LinkHandle) {
 /// Hands a replicated update to its document. Returns what resolves once it is durable, or fails
 /// if it could not be stored (`None` only when there is nothing to wait for: our own update
 /// coming back, or one that cannot be decoded).
-async fn receive_update(
+pub(super) async fn receive_update(
     registry: &Arc<Registry>,
     from: &NodeId,
     doc: DocName,
@@ -419,14 +419,74 @@ async fn receive_update(
         origin,
         done: Some(done),
     };
-    // A room that closed its inbox meanwhile (evicted, or its load failed) hands the update to
-    // its successor. If it still cannot be delivered, `done` is dropped with the message: the
-    // acknowledgement loop sees a failure and closes the link unacknowledged, so the peer sends
-    // it again. It is never treated as "nothing to wait for".
-    if registry.deliver(&doc, msg).await.is_err() {
-        warn!(peer = %from, %doc, "a replicated update could not be handed to its document");
-    }
+    // The room takes it if its inbox has space and nothing written for it waits in the log (so
+    // the document's updates reach it in order). Otherwise the update waits in the log, on its
+    // own: the link never waits for one document.
+    let room = registry.room(&doc);
+    let msg = if room.lane.idle() {
+        match room.tx.try_send(msg) {
+            Ok(()) => return Some(durable),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(msg)) => {
+                // A room that closed its inbox meanwhile (evicted, or its load failed) hands the
+                // update to its successor. If it still cannot be delivered, `done` is dropped
+                // with the message: the acknowledgement loop sees a failure and closes the link
+                // unacknowledged, so the peer sends it again. It is never treated as "nothing to
+                // wait for".
+                if registry.deliver_via(room, &doc, msg).await.is_err() {
+                    warn!(peer = %from, %doc, "a replicated update could not be handed to its document");
+                }
+                return Some(durable);
+            }
+        }
+    } else {
+        msg
+    };
+    let RoomMsg::Replicated {
+        update,
+        origin,
+        done: Some(done),
+    } = msg
+    else {
+        unreachable!("built above");
+    };
+    to_lane(registry, &room, doc, origin, update, done).await;
     Some(durable)
+}
+
+/// Writes a replicated update to the log for a room too busy to take it (its [`Lane`]); `done`
+/// fires once it is durable, and the room reads it from there. Dropped (the link then closes
+/// unacknowledged, and the peer sends it again) if the store fails.
+async fn to_lane(
+    registry: &Arc<Registry>,
+    room: &RoomHandle,
+    doc: DocName,
+    origin: Option<Origin>,
+    update: IncomingUpdate,
+    done: oneshot::Sender<()>,
+) {
+    let lane = registry.lane(&doc, room);
+    lane.start_write().await;
+    let append = Append {
+        doc,
+        update: Bytes::from(update.bytes),
+        origin,
+    };
+    let commit = registry.store.append(append).await;
+    tokio::spawn(async move {
+        let stored = match commit {
+            Ok(commit) => commit.await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        if let Some(seq) = stored {
+            lane.written.fetch_max(seq, Ordering::SeqCst);
+        }
+        lane.writing.fetch_sub(1, Ordering::SeqCst);
+        lane.wake.notify_one();
+        if stored.is_some() {
+            let _ = done.send(());
+        }
+    });
 }
 
 /// Acknowledges received updates in log order once each is durable. Each acknowledgement goes

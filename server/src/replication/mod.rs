@@ -45,6 +45,8 @@ impl PeerRelay for Replication {
 }
 
 #[cfg(test)]
+mod lane_tests;
+#[cfg(test)]
 mod peer_sync_tests;
 pub mod resume;
 pub mod routes;

@@ -34,7 +34,8 @@ fn due(tail: LogTail, cfg: &RoomConfig, busy: bool) -> bool {
 
 impl Room {
     /// Compacts if [`due`]. The store writes in order, so the snapshot covers exactly the
-    /// updates appended so far.
+    /// updates appended so far; it waits while the room has not read everything a link wrote
+    /// for it (`lane`).
     pub(super) async fn maybe_compact(
         &mut self,
         outbox: &mut Outbox,
@@ -44,10 +45,15 @@ impl Room {
         if !due(tail, &self.env.config, busy) {
             return Ok(());
         }
+        if !self.lane.begin_compaction(self.lane_read) {
+            return Ok(());
+        }
         debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, "compacting");
         let snapshot = self.state.full_state();
         let snapshot_bytes = snapshot.len() as u64;
-        let commit = self.env.store.compact(&self.name, snapshot).await?;
+        let queued = self.env.store.compact(&self.name, snapshot).await;
+        self.lane.end_compaction();
+        let commit = queued?;
         outbox.push(commit, Vec::new());
         self.tail = LogTail {
             snapshot_bytes,

@@ -24,6 +24,7 @@
 //! only as a [`Directory`].
 
 mod compaction;
+mod lane;
 mod members;
 mod messages;
 mod outbox;
@@ -39,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::error;
 
-use crate::handles::{ConnId, JoinError, PeerRelay, RoomMsg};
+use crate::handles::{ConnId, JoinError, Lane, PeerRelay, RoomMsg};
 use crate::store::{Durability, LogTail, Origin, SharedStore, StoreError};
 use members::Member;
 use outbox::{Effect, Kind, Outbox, When};
@@ -133,6 +134,10 @@ pub struct Room {
     /// When this room last answered a peer's state vector with one of its own (to be sent what
     /// it lacks), per peer.
     asked_back: HashMap<NodeId, Instant>,
+    /// Replicated updates written to the log for this document while the inbox was full, and
+    /// how far this room has read them ([`Lane`]).
+    lane: Arc<Lane>,
+    lane_read: crate::store::Seq,
 }
 
 impl Room {
@@ -144,9 +149,11 @@ impl Room {
         generation: u64,
         env: Arc<RoomEnv>,
         directory: Arc<dyn Directory>,
-        inbox: mpsc::WeakSender<RoomMsg>,
-        mut rx: mpsc::Receiver<RoomMsg>,
+        (inbox, mut rx): (mpsc::WeakSender<RoomMsg>, mpsc::Receiver<RoomMsg>),
+        lane: Arc<Lane>,
     ) {
+        // Whatever was committed before the load is in it, updates written to the lane included.
+        let loaded_through = env.store.committed();
         let loaded = match env.store.load(&name).await {
             Ok(stored) => stored
                 .map(|s| DocState::load(s.parts()).map(|state| (state, s.tail())))
@@ -185,7 +192,12 @@ impl Room {
             tail,
             repair_due: None,
             asked_back: HashMap::new(),
+            lane,
+            lane_read: loaded_through,
         };
+        room.lane
+            .applied
+            .fetch_max(loaded_through, std::sync::atomic::Ordering::SeqCst);
         let mut outbox = Outbox::default();
         let stop = room.serve(&mut rx, &mut outbox).await;
         room.finish(stop, &mut rx, outbox).await;
@@ -239,6 +251,11 @@ impl Room {
                     idle_since = None;
                 }
                 _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
+                _ = self.lane.wake.notified() => {
+                    if let Err(e) = self.read_lane().await {
+                        return Stop::StoreFailed(e);
+                    }
+                }
                 _ = &mut cancelled => return Stop::Shutdown,
             }
         }

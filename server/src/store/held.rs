@@ -12,12 +12,13 @@
 //! a store that holds the feed back too).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use concord_crdt::replication::Incarnation;
 use concord_crdt::{DocName, NodeId};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::{
     Append, Commit, LogEntry, LogFeed, LogIncarnation, PeerInfo, Seq, SharedStore, Store,
@@ -35,6 +36,10 @@ pub struct HeldStore {
     held: Mutex<VecDeque<Held>>,
     /// Woken whenever a write is held, for [`HeldStore::wait_held`].
     arrived: Notify,
+    /// Whether commits are held ([`HeldStore::passing`] lets them through).
+    hold_commits: bool,
+    /// Loads of these documents wait for a permit ([`HeldStore::gate_load`]).
+    gates: Mutex<HashMap<DocName, Arc<Semaphore>>>,
 }
 
 impl HeldStore {
@@ -43,7 +48,25 @@ impl HeldStore {
             inner,
             held: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
+            hold_commits: true,
+            gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A store whose commits pass through (only loads can be held, by [`HeldStore::gate_load`]).
+    pub fn passing(inner: SharedStore) -> Self {
+        HeldStore {
+            hold_commits: false,
+            ..HeldStore::new(inner)
+        }
+    }
+
+    /// From now on, loading `doc` waits until a permit is added to the returned semaphore (a
+    /// document that takes long to load, made deterministic).
+    pub fn gate_load(&self, doc: &DocName) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        self.gates.lock().unwrap().insert(doc.clone(), gate.clone());
+        gate
     }
 
     /// How many commits are held.
@@ -96,6 +119,9 @@ impl HeldStore {
     }
 
     fn hold(&self, inner: Commit) -> Commit {
+        if !self.hold_commits {
+            return inner;
+        }
         let (outer, commit) = oneshot::channel();
         self.held.lock().unwrap().push_back(Held { inner, outer });
         self.arrived.notify_waiters();
@@ -106,6 +132,10 @@ impl HeldStore {
 #[async_trait]
 impl Store for HeldStore {
     async fn load(&self, doc: &DocName) -> Result<Option<StoredDoc>, StoreError> {
+        let gate = self.gates.lock().unwrap().get(doc).cloned();
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await.map_err(|_| StoreError::Closed)?;
+        }
         self.inner.load(doc).await
     }
 
@@ -119,13 +149,8 @@ impl Store for HeldStore {
         Ok(self.hold(inner))
     }
 
-    async fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: Vec<u8>,
-        upto: Seq,
-    ) -> Result<Commit, StoreError> {
-        let inner = self.inner.compact(doc, snapshot, upto).await?;
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+        let inner = self.inner.compact(doc, snapshot).await?;
         Ok(self.hold(inner))
     }
 

@@ -174,19 +174,14 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: Vec<u8>,
-        upto: Seq,
-    ) -> Result<Commit, StoreError> {
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
         self.write(|inner| {
             let retain_above = inner.min_acked();
             let row = inner.doc_mut(doc);
-            let covered = row.last_seq.min(upto);
+            let covered = row.last_seq;
             row.snapshot = Some(snapshot);
             row.snapshot_seq = row.snapshot_seq.max(covered);
-            row.tail = row.tail.split_off(&(covered + 1));
+            row.tail.clear();
             // Entries some peer has not acknowledged stay in the log for replication.
             let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
             let gone: Vec<Seq> = inner
@@ -393,7 +388,7 @@ mod tests {
             .await
             .unwrap();
         let covered = store
-            .compact(&name("d"), reference.full_state(), Seq::MAX)
+            .compact(&name("d"), reference.full_state())
             .await
             .unwrap()
             .await
@@ -470,7 +465,7 @@ mod tests {
         let peer = NodeId::parse("p").unwrap();
         store.set_peer_cursor(&peer, 2).await.unwrap();
         store
-            .compact(&name("d"), reference.full_state(), Seq::MAX)
+            .compact(&name("d"), reference.full_state())
             .await
             .unwrap();
         // 1 and 2 are gone (the peer has them); 3 and 4 wait for it.

@@ -266,17 +266,11 @@ pub trait Store: Send + Sync + 'static {
         last.ok_or(StoreError::NothingToAppend)
     }
 
-    /// Queues the replacement of `doc`'s log entries up to sequence `upto` with `snapshot`, which
-    /// must contain every update appended for `doc` before this call, up to `upto` (`Seq::MAX`:
-    /// all of them). Entries above `upto` (written for the document while its room could not
-    /// take them, see [`crate::handles::Lane`]) are still read on load. Entries a peer has not
+    /// Queues the replacement of `doc`'s log entries so far with `snapshot`, which must contain
+    /// every update appended for `doc` before this call (a room compacts only once it has read
+    /// what links wrote for it, see [`crate::handles::Lane`]). Entries a peer has not
     /// acknowledged stay in the log (for replication) but are no longer read on load.
-    async fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: Vec<u8>,
-        upto: Seq,
-    ) -> Result<Commit, StoreError>;
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError>;
 
     /// Up to `limit` log entries of `doc` above `after`, in order, with their sequences: what a
     /// live room catches up with when updates were written to the log for it

@@ -15,18 +15,13 @@ use crate::store::{Seq, StoreError, checksum};
 const LOG_GC_PERIOD: Duration = Duration::from_secs(10);
 
 impl Writer {
-    /// Replaces the log entries of `doc_id` up to `upto` with `snapshot`. Entries that some peer
-    /// has not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
-    pub(super) fn compact(
-        &mut self,
-        doc_id: i64,
-        snapshot: &[u8],
-        upto: Seq,
-    ) -> Result<Seq, StoreError> {
+    /// Replaces the log entries of `doc_id` so far with `snapshot`. Entries that some peer has
+    /// not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
+    pub(super) fn compact(&mut self, doc_id: i64, snapshot: &[u8]) -> Result<Seq, StoreError> {
         let covered: Option<i64> = self
             .conn
-            .prepare_cached("SELECT MAX(seq) FROM log WHERE doc_id = ?1 AND seq <= ?2")?
-            .query_row(params![doc_id, upto.min(i64::MAX as Seq) as i64], |r| r.get(0))?;
+            .prepare_cached("SELECT MAX(seq) FROM log WHERE doc_id = ?1")?
+            .query_row([doc_id], |r| r.get(0))?;
         let covered = covered.unwrap_or(0);
         self.conn
             .prepare_cached(

@@ -53,6 +53,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use async_trait::async_trait;
 use concord_crdt::{DocName, NodeId};
 use tokio::sync::{broadcast, oneshot};
@@ -204,17 +206,11 @@ impl Store for SqliteStore {
         self.submit(|done| Op::Append { entries, done }).await
     }
 
-    async fn compact(
-        &self,
-        doc: &DocName,
-        snapshot: Vec<u8>,
-        upto: Seq,
-    ) -> Result<Commit, StoreError> {
+    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
         let doc = doc.clone();
         self.submit(|done| Op::Compact {
             doc,
             snapshot,
-            upto,
             done,
         })
         .await

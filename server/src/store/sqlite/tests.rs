@@ -42,7 +42,7 @@ async fn sequence_numbers_grow_across_restarts_and_compaction() {
         assert_eq!(append(&store, "a", edit(&client, 0, "x")).await, 1);
         assert_eq!(append(&store, "b", edit(&client, 0, "y")).await, 2);
         let covered = store
-            .compact(&name("b"), vec![0, 0], Seq::MAX)
+            .compact(&name("b"), vec![0, 0])
             .await
             .unwrap()
             .await
@@ -139,7 +139,7 @@ async fn compaction_keeps_entries_peers_have_not_acknowledged() {
     }
     let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
     store
-        .compact(&name("d"), state.full_state(), Seq::MAX)
+        .compact(&name("d"), state.full_state())
         .await
         .unwrap()
         .await
@@ -318,7 +318,7 @@ proptest! {
                 reference.apply_update(concord_crdt::IncomingUpdate::decode(&u).unwrap()).unwrap();
                 append(&store, "p", u).await;
                 if compact {
-                    store.compact(&name("p"), reference.full_state(), Seq::MAX).await.unwrap().await.unwrap().unwrap();
+                    store.compact(&name("p"), reference.full_state()).await.unwrap().await.unwrap().unwrap();
                 }
             }
             store.close().await;

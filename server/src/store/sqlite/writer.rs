@@ -35,7 +35,6 @@ pub(super) enum Op {
     Compact {
         doc: DocName,
         snapshot: Vec<u8>,
-        upto: Seq,
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     Cursor {
@@ -265,14 +264,9 @@ impl Writer {
                     }
                     seqs.push(self.next_seq - 1);
                 }
-                Op::Compact {
-                    doc,
-                    snapshot,
-                    upto,
-                    ..
-                } => {
+                Op::Compact { doc, snapshot, .. } => {
                     let doc_id = self.doc_id(doc, new_docs)?;
-                    seqs.push(self.compact(doc_id, snapshot, *upto)?);
+                    seqs.push(self.compact(doc_id, snapshot)?);
                 }
                 Op::Cursor {
                     peer, seq, reset, ..
