@@ -13,10 +13,14 @@
 //! - [`stream`]: sends this node's update log to one peer from there, so catch-up after an outage
 //!   costs the missed updates only.
 //!
-//! Loop prevention: an update carries the ids of the nodes it passed through; a node never sends
-//! it to one of them, drops one carrying its own id, and relays only updates that changed its
-//! document (the room decides that). Gaps from out-of-order delivery are repaired by a
-//! state-vector exchange for documents live on both sides.
+//! - [`routes`]: which neighbour sends which origin's updates (one tree per origin, decided by
+//!   [`concord_crdt::routing`]), told to the neighbours as it changes.
+//!
+//! An update carries its origin; each node asks one neighbour per origin for it, so an update
+//! crosses each region once, and a node that stays behind on an origin asks a neighbour that is
+//! ahead (grafts). An update that brings nothing new is not stored again, so nothing loops. Gaps
+//! from out-of-order delivery are repaired by a state-vector exchange for documents live on both
+//! sides.
 //!
 //! [`Replication`] is the hub: the live links (at most one per peer), per-peer statistics for
 //! `/api/status`, and the calls rooms make (announce a live document, relay presence).
