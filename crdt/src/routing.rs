@@ -26,7 +26,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::replication::{NodeId, PeerMessage, UNREACHABLE};
+use crate::replication::{MAX_ORIGINS, NodeId, PeerMessage, UNREACHABLE};
+
+/// How far below what a peer says it holds of an origin a new carry starts. A relay logs an
+/// origin's updates one document at a time, not always in the origin's order, so the highest
+/// origin sequence a node received may lie above one it lacks; going back this far sends it
+/// again (with what the peer already has, which it ignores). It costs only on a change of route,
+/// and only what the log still retains.
+pub const REORDER_SLACK: u64 = 1024;
 
 /// How long a neighbour must stay ahead of us on an origin (with our parent for it no further
 /// ahead) before we ask it for the rest. Longer than a slow link's delay, so a healthy tree never
@@ -294,6 +301,7 @@ impl Router {
                 };
                 (o.clone(), d)
             })
+            .take(MAX_ORIGINS)
             .collect()
     }
 
@@ -314,7 +322,8 @@ impl Router {
                 .map(|(o, _)| o.clone())
                 .collect();
             carry.extend(n.grafted.iter().cloned());
-            let carry: Vec<NodeId> = carry.into_iter().collect();
+            // A message lists at most MAX_ORIGINS origins (the decoder refuses more).
+            let carry: Vec<NodeId> = carry.into_iter().take(MAX_ORIGINS).collect();
             let now = (dist, carry);
             if n.told.as_ref() == Some(&now) {
                 continue;
@@ -344,6 +353,7 @@ impl Router {
                 .iter()
                 .filter(|(o, h)| *o != peer && **o != self.me && n.told_held.get(*o) != Some(*h))
                 .map(|(o, h)| (o.clone(), *h))
+                .take(MAX_ORIGINS)
                 .collect();
             if changed.is_empty() {
                 continue;
@@ -371,6 +381,9 @@ pub struct CarryFilter {
     /// Where the peer's claim on our own log starts the stream.
     own_start: u64,
     windows: BTreeMap<NodeId, Window>,
+    /// Whether the peer's log may hold an origin's updates out of that origin's order (a real
+    /// relay's does: see [`REORDER_SLACK`]; [`CarryFilter::in_order`] says it does not).
+    reordered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,7 +409,16 @@ impl CarryFilter {
             windows: BTreeMap::from([(me.clone(), own)]),
             me,
             own_start,
+            reordered: true,
         }
+    }
+
+    /// A filter for a node whose log keeps each origin's updates in that origin's order (the
+    /// routing simulation's): new carries start exactly at what the peer holds, and entries past
+    /// the peer's claim are not sent again for what it holds.
+    pub fn in_order(mut self) -> Self {
+        self.reordered = false;
+        self
     }
 
     /// Applies the peer's latest carry request (origin → what it holds of it) with the stream at
@@ -418,7 +440,11 @@ impl CarryFilter {
             } else {
                 Window {
                     after_seq: 0,
-                    after_oseq: held,
+                    after_oseq: if self.reordered {
+                        held.saturating_sub(REORDER_SLACK)
+                    } else {
+                        held
+                    },
                 }
             };
             if window.after_seq < pos {
@@ -443,7 +469,14 @@ impl CarryFilter {
         let Some(w) = self.windows.get(origin) else {
             return false;
         };
-        seq > w.after_seq && (*origin == self.me || w.after_oseq == 0 || oseq > w.after_oseq)
+        // Past the peer's claim on our log it has received nothing from us: whatever it holds
+        // of another origin, an entry there may be one it lacks (relays log an origin's updates
+        // out of its order, one document at a time).
+        seq > w.after_seq
+            && (*origin == self.me
+                || w.after_oseq == 0
+                || oseq > w.after_oseq
+                || (self.reordered && seq > self.own_start))
     }
 
     /// The origins the peer asked for.
@@ -608,15 +641,27 @@ mod tests {
         assert!(f.admits(None, 101, 101));
         assert!(!f.admits(None, 100, 100));
         assert!(!f.admits(Some(&x), 102, 5));
-        // Streamed to 200; now the peer wants x, of which it holds up to 7.
+        // Streamed to 200; now the peer wants x, of which it holds up to 100,007 (plus the
+        // slack: new carries start that far below).
+        let held = REORDER_SLACK + 100_007;
         assert_eq!(
-            f.set(&BTreeMap::from([(me.clone(), 0), (x.clone(), 7)]), 200),
+            f.set(&BTreeMap::from([(me.clone(), 0), (x.clone(), held)]), 200),
             Some(0)
         );
         assert!(!f.admits(None, 150, 150), "own entries already sent");
         assert!(f.admits(None, 201, 201));
-        assert!(f.admits(Some(&x), 150, 8));
-        assert!(!f.admits(Some(&x), 151, 7), "the peer holds x up to 7");
+        assert!(
+            f.admits(Some(&x), 90, 100_008),
+            "above what it holds, less the slack"
+        );
+        assert!(
+            !f.admits(Some(&x), 91, 100_007),
+            "the peer holds x up to there (less the slack)"
+        );
+        assert!(
+            f.admits(Some(&x), 151, 100_007),
+            "past the peer's claim on our log it got nothing from us"
+        );
         assert!(!f.admits(Some(&y), 152, 9));
         // x dropped: nothing of it any more, and no going back.
         assert_eq!(f.set(&BTreeMap::from([(me.clone(), 0)]), 300), None);

@@ -743,7 +743,7 @@ impl Sim {
         let claim = |to: usize, from: usize| self.claims.get(&(to, from)).copied().unwrap_or(0);
         let (claim_a, claim_b) = (claim(b, a), claim(a, b));
         let stream = |from: &Node, own_start: u64| Stream {
-            filter: CarryFilter::new(from.id.clone(), own_start),
+            filter: CarryFilter::new(from.id.clone(), own_start).in_order(),
             pos: own_start,
             queue: VecDeque::new(),
             pump_pending: false,

@@ -39,8 +39,8 @@ pub struct RoomHandle {
 
 pub struct Registry {
     docs: DashMap<DocName, RoomHandle>,
-    /// The [`Lane`]s holding replicated updates written to the log for a room too busy to take
-    /// them: registered when that first happens, dropped with the room once it has read them.
+    /// Each live document's [`Lane`] (where replicated updates wait in the log while its room is
+    /// too busy to take them), dropped when the room is evicted with nothing left to read.
     lanes: DashMap<DocName, Arc<Lane>>,
     next_generation: AtomicU64,
     /// What every room shares: configuration, store, peers, the shutdown signal.
@@ -135,8 +135,9 @@ impl Registry {
     fn spawn(self: &Arc<Self>, name: &DocName, slot: DocSlot) -> RoomHandle {
         let (tx, rx) = mpsc::channel(self.env.config.doc_queue);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        // A lane still holding updates for the document goes to its next room.
-        let lane = self.lanes.get(name).map(|l| l.clone()).unwrap_or_default();
+        // The document's lane, shared by its rooms while it is in use (a lane still holding
+        // updates goes to the next room); dropped with an evicted room that has read it all.
+        let lane = self.lanes.entry(name.clone()).or_default().clone();
         let run = Room::run(
             name.clone(),
             generation,
@@ -247,8 +248,8 @@ impl Registry {
         removed
     }
 
-    /// The lane of `room` (the current room of `name`), registered so that the document's next
-    /// room reads what is written there too.
+    /// The lane of `name`: the one its current room reads (`room`'s, unless a newer room took
+    /// over meanwhile).
     pub fn lane(&self, name: &DocName, room: &RoomHandle) -> Arc<Lane> {
         self.lanes
             .entry(name.clone())

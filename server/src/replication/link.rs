@@ -262,14 +262,14 @@ pub async fn run(
                 let Ok(sv) = StateVector::decode_v1(&sv) else {
                     continue;
                 };
+                // A busy room misses it rather than stall the link: what it would repair
+                // arrives through the log, and a room with updates still waiting for their
+                // dependencies asks again (`REPAIR_EVERY`).
                 if let Some(room) = registry.live_room(&doc) {
-                    let _ = room
-                        .tx
-                        .send(RoomMsg::PeerSync {
-                            link: link.clone(),
-                            sv,
-                        })
-                        .await;
+                    let _ = room.tx.try_send(RoomMsg::PeerSync {
+                        link: link.clone(),
+                        sv,
+                    });
                 }
             }
             PeerMessage::SyncStep2 { doc, update } => {
@@ -300,7 +300,8 @@ pub async fn run(
                 };
                 match concord_crdt::message::decode_awareness(&update) {
                     Ok(update) => {
-                        let _ = room.tx.send(RoomMsg::PeerAwareness { path, update }).await;
+                        // Presence is fleeting: a busy room misses it rather than stall the link.
+                        let _ = room.tx.try_send(RoomMsg::PeerAwareness { path, update });
                     }
                     Err(e) => {
                         warn!(peer = %peer.node_id, %doc, error = %e, "undecodable presence from a peer")

@@ -252,6 +252,11 @@ impl Replication {
             self.stats(&id).acked.fetch_max(acked, Ordering::Relaxed);
         }
         for (id, info) in known {
+            // What this node holds of the peer's own updates, so that a route through another
+            // neighbour starts there rather than at nothing.
+            if let Ok(Some((_, seq))) = self.store.received_cursor(&id).await {
+                self.held.raise(&id, seq);
+            }
             let stats = self.stats(&id);
             {
                 let mut region = stats.region.lock().unwrap();

@@ -82,8 +82,16 @@ impl Replication {
 
     /// The link to `peer` is gone: route around it.
     pub(super) fn route_link_down(&self, peer: &NodeId) {
-        self.router.lock().unwrap().link_down(peer);
-        self.relays.remove(peer);
+        {
+            let mut router = self.router.lock().unwrap();
+            // A newer link to the peer registered meanwhile: its routes stand. (It calls
+            // `route_link_up` after registering, under this lock, so checking here is enough.)
+            if self.links.contains_key(peer) {
+                return;
+            }
+            router.link_down(peer);
+            self.relays.remove(peer);
+        }
         self.send_routes();
     }
 

@@ -14,6 +14,12 @@ use crate::store::{Seq, StoreError, checksum};
 /// How often log entries that only replication still needed are garbage-collected.
 const LOG_GC_PERIOD: Duration = Duration::from_secs(10);
 
+/// How long a node with peers keeps log entries after they were written, whatever the peers
+/// acknowledged. A peer acknowledges entries it did not ask for (another origin's, which it
+/// takes directly) as it passes them; should its direct link turn out to have died silently
+/// (noticed after 8 s), it asks this node for them, and they must still be here.
+pub(super) const RELAY_RETAIN: Duration = Duration::from_secs(30);
+
 impl Writer {
     /// Replaces the log entries of `doc_id` so far with `snapshot`. Entries that some peer has
     /// not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
@@ -32,7 +38,10 @@ impl Writer {
             .conn
             .prepare_cached("SELECT MIN(acked_seq) FROM peer_cursors")?
             .query_row([], |r| r.get(0))?;
-        let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
+        let delete_upto = match retain_above {
+            None => covered,
+            Some(r) => r.min(covered).min(self.relay_floor() as i64),
+        };
         // Deleting may remove the newest entry of the whole log; remember the highest sequence
         // handed out so numbering never goes back after a restart.
         self.conn
@@ -53,6 +62,7 @@ impl Writer {
         let Some(min_acked) = min_acked else {
             return Ok(());
         };
+        let min_acked = min_acked.min(self.relay_floor() as i64);
         let n = self.conn.execute(
             "DELETE FROM log WHERE seq <= ?1 AND seq <= (SELECT snapshot_seq FROM docs WHERE docs.id = log.doc_id)",
             [min_acked],
@@ -64,6 +74,28 @@ impl Writer {
             );
         }
         Ok(())
+    }
+
+    /// The last sequence written at least `relay_retain` ([`RELAY_RETAIN`] by default) ago, as far as this writer has
+    /// noticed (it samples its position when asked, so it errs towards keeping more).
+    fn relay_floor(&mut self) -> Seq {
+        let now = Instant::now();
+        let last = self.next_seq - 1;
+        if self
+            .recent
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
+        {
+            self.recent.push_back((now, last));
+        }
+        let retain = self.options.relay_retain;
+        while self.recent.len() >= 2 && now.duration_since(self.recent[1].0) >= retain {
+            self.recent.pop_front();
+        }
+        match self.recent.front() {
+            Some((at, seq)) if now.duration_since(*at) >= retain => *seq,
+            _ => 0,
+        }
     }
 
     /// Collects what every peer has acknowledged ([`Writer::collect_replicated`]), at most once

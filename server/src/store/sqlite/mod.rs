@@ -87,6 +87,9 @@ pub struct SqliteOptions {
     pub max_db_bytes: u64,
     /// Queued writes before appenders wait.
     pub queue: usize,
+    /// With peers, how long log entries are kept after they were written, whatever the peers
+    /// acknowledged (see `compaction::RELAY_RETAIN`, the default).
+    pub relay_retain: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -96,6 +99,7 @@ impl Default for SqliteOptions {
             commit_delay: Duration::from_millis(2),
             max_db_bytes: 0,
             queue: 8192,
+            relay_retain: compaction::RELAY_RETAIN,
         }
     }
 }

@@ -124,7 +124,11 @@ async fn append_all_writes_entries_in_order_with_consecutive_sequences() {
 #[tokio::test]
 async fn compaction_keeps_entries_peers_have_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let options = SqliteOptions {
+        relay_retain: Duration::ZERO,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
     let client = Doc::new();
     for i in 0..5 {
         append(&store, "d", edit(&client, 0, &i.to_string())).await;
@@ -332,4 +336,40 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// With peers, entries written less than `relay_retain` ago stay after compaction even when
+/// every peer acknowledged them: a peer that passed them (another origin's, taken directly) may
+/// ask for them once it notices its direct link died.
+#[tokio::test]
+async fn compaction_keeps_recent_entries_for_detours_even_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let client = Doc::new();
+    for i in 0..5 {
+        append(&store, "d", edit(&client, 0, &i.to_string())).await;
+    }
+    Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute(
+            "INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 5)",
+            [],
+        )
+        .unwrap();
+    let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
+    store
+        .compact(&name("d"), state.full_state())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let left: i64 = c
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 5, "entries of the last 30 s are kept for detours");
+    // ...but no longer read on load: the snapshot covers them.
+    let stored = store.load(&name("d")).await.unwrap().unwrap();
+    assert_eq!(stored.parts().count(), 1, "the snapshot alone");
 }

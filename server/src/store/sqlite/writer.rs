@@ -105,7 +105,7 @@ pub(super) fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connec
 /// The writer thread's state. Only this thread writes to the database.
 pub(super) struct Writer {
     pub(super) conn: Connection,
-    options: SqliteOptions,
+    pub(super) options: SqliteOptions,
     /// The sequence the next appended entry gets.
     pub(super) next_seq: Seq,
     /// Document name → row id, for documents this process has written.
@@ -113,6 +113,9 @@ pub(super) struct Writer {
     feed: Arc<Feed>,
     /// When the log was last garbage-collected ([`Writer::collect_if_due`]).
     pub(super) last_gc: Instant,
+    /// The log's end, sampled now and then: what was written before
+    /// [`RELAY_RETAIN`](super::compaction::RELAY_RETAIN) ago.
+    pub(super) recent: std::collections::VecDeque<(Instant, Seq)>,
 }
 
 impl Writer {
@@ -132,6 +135,7 @@ impl Writer {
             doc_ids: HashMap::new(),
             feed,
             last_gc: Instant::now(),
+            recent: std::collections::VecDeque::new(),
         };
         // The store's threads log in the span of the node that opened it (its region).
         let span = tracing::Span::current();
