@@ -178,9 +178,15 @@ impl Cluster {
 
     /// Each node's copy of `doc` (None where it has never been written).
     pub async fn docs(&self, doc: &str) -> Vec<Option<DocState>> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.docs_on(&all, doc).await
+    }
+
+    /// The copies of `doc` on `nodes` only (the others may be down).
+    pub async fn docs_on(&self, nodes: &[usize], doc: &str) -> Vec<Option<DocState>> {
         let mut out = Vec::new();
-        for n in &self.nodes {
-            out.push(server_doc(n, doc).await);
+        for &i in nodes {
+            out.push(server_doc(&self.nodes[i], doc).await);
         }
         out
     }
@@ -188,9 +194,15 @@ impl Cluster {
     /// Waits until every node holds `doc` with the same state vector and the same encoded
     /// content, and returns its text root `t`.
     pub async fn wait_converged(&self, doc: &str, within: Duration) -> String {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_converged_on(&all, doc, within).await
+    }
+
+    /// [`Cluster::wait_converged`] among `nodes` only (the others may be down).
+    pub async fn wait_converged_on(&self, nodes: &[usize], doc: &str, within: Duration) -> String {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let docs = self.docs(doc).await;
+            let docs = self.docs_on(nodes, doc).await;
             if let Some(text) = converged(&docs) {
                 return text;
             }
@@ -220,6 +232,86 @@ impl Cluster {
         }
         (updates, messages)
     }
+}
+
+/// Replication traffic summed over some nodes, from `/api/status`: Update messages and bytes
+/// received from peers, and log entries written by the nodes' own clients. Fields absent from an
+/// older node count as 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traffic {
+    pub received_updates: u64,
+    pub received_bytes: u64,
+    pub originated: u64,
+}
+
+impl Traffic {
+    /// Copies per update and peer bytes per update over the window since `before`.
+    pub fn per_update_since(&self, before: &Traffic) -> (f64, f64) {
+        let originated = self.originated.saturating_sub(before.originated).max(1) as f64;
+        (
+            self.received_updates
+                .saturating_sub(before.received_updates) as f64
+                / originated,
+            self.received_bytes.saturating_sub(before.received_bytes) as f64 / originated,
+        )
+    }
+}
+
+impl Cluster {
+    /// [`Traffic`] summed over `nodes` (which must be up).
+    pub async fn traffic(&self, nodes: &[usize]) -> Traffic {
+        let mut t = Traffic::default();
+        for &i in nodes {
+            let s = self.status(i).await;
+            t.originated += s["replication"]["originated_updates"].as_u64().unwrap_or(0);
+            for p in s["peers"].as_array().unwrap() {
+                t.received_updates += p["received_updates"].as_u64().unwrap_or(0);
+                t.received_bytes += p["received_bytes"].as_u64().unwrap_or(0);
+            }
+        }
+        t
+    }
+
+    /// Polls node `i`'s status until `cond` holds and returns it; panics after `within`, with
+    /// `what` and the last status.
+    pub async fn wait_status(
+        &self,
+        i: usize,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s = self.status(i).await;
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i}: {what} not reached within {within:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The entry for node `j` in a status's `peers`.
+pub fn peer_entry(status: &serde_json::Value, j: usize) -> Option<&serde_json::Value> {
+    let id = format!("node-{j}");
+    status["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node_id"].as_str() == Some(id.as_str()))
+}
+
+/// Whether the list `field` (`carries`, `relays`, `grafted`) of node `j`'s entry in `status`
+/// names node `origin`.
+pub fn link_lists(status: &serde_json::Value, j: usize, field: &str, origin: usize) -> bool {
+    let origin = format!("node-{origin}");
+    peer_entry(status, j)
+        .and_then(|p| p[field].as_array())
+        .is_some_and(|l| l.iter().any(|o| o.as_str() == Some(origin.as_str())))
 }
 
 /// `Some(text)` when every copy exists and all have identical state vectors and identical full
