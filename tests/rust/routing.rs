@@ -255,13 +255,33 @@ async fn a_cut_link_is_routed_around_under_load(n: usize) {
     .await;
     // Keep typing through the detour for a while.
     wait_sees(&watcher, &typist.mark(first + 20), CONVERGE).await;
+    // Once rerouted, an edit takes one more hop: measure what the detour adds.
+    let prober = YClient::connect(&c.nodes[a].ws_url(&doc)).await;
+    wait_sees(&prober, &typist.mark(first + 20), CONVERGE).await;
+    let sent = Instant::now();
+    prober.append("t", "<probe>");
+    wait_sees(&watcher, "<probe>", CONVERGE).await;
+    let detour = sent.elapsed();
+    eprintln!(
+        "mesh of {n}: through the detour an edit reached C's client in {detour:?} ({:?} more than one {LINK:?} link)",
+        detour.saturating_sub(LINK)
+    );
+    assert!(
+        detour >= 2 * LINK,
+        "{detour:?}: faster than two hops, was the cut link used?"
+    );
 
     let last_cut = typist.next();
     c.heal(a, z);
+    let healed_at = Instant::now();
     c.wait_status(z, CONVERGE, "A carried by A again", |s| {
         connected(s, a) && link_lists(s, a, "carries", a) && !link_lists(s, b, "carries", a)
     })
     .await;
+    eprintln!(
+        "mesh of {n}: back on the direct link {:?} after the heal (the dialer's backoff decides when)",
+        healed_at.elapsed()
+    );
     c.wait_status(b, CONVERGE, "the detour through B ended", |s| {
         !link_lists(s, z, "relays", a)
     })
