@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::link::receive_update;
+use super::deliver::receive_update;
 use crate::config::ServeArgs;
 use crate::handles::{ReadKind, RoomMsg};
 use crate::registry::Registry;

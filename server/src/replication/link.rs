@@ -5,13 +5,15 @@
 //! that does not send one within [`RESUME_TIMEOUT`] is closed), from where
 //! [`super::resume::start`] says.
 //!
-//! Incoming: each message is routed to its document's room. An `Update` is acknowledged only once
-//! the room has made it durable (or found it brings nothing new); acknowledgements go out in log
-//! order, batched every [`ACK_EVERY`], each after what it acknowledges is recorded as received
-//! (`received_cursors`), so the peer's cursor for us never runs ahead of our disk nor of the
-//! claim we send it next time.
+//! Incoming: each message is routed to its document ([`super::deliver`]: the room, or the
+//! document's lane in the log when the room is busy), and the routing messages to the router
+//! ([`super::routes`]). An `Update` is acknowledged only once it is durable here (or found to
+//! bring nothing new); acknowledgements go out in log order ([`super::ack`]), each after what it
+//! acknowledges is recorded as received (`received_cursors`), so the peer's cursor for us never
+//! runs ahead of our disk nor of the claim we send it next time.
 //!
-//! Outgoing: [`super::stream::stream_log`] sends our log from the start the peer's claim gives.
+//! Outgoing: [`super::stream::stream_log`] sends our log from the start the peer's claim gives,
+//! the origins the peer asked for.
 
 use axum::extract::ws::close_code;
 use std::sync::Arc;
@@ -23,9 +25,7 @@ use concord_crdt::replication::Incarnation;
 use concord_crdt::replication::MAX_ORIGINS;
 use concord_crdt::yrs::StateVector;
 use concord_crdt::yrs::updates::decoder::Decode;
-use concord_crdt::{DocName, IncomingUpdate, NodeId, PeerMessage};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+use concord_crdt::{NodeId, PeerMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, warn};
 
@@ -33,11 +33,9 @@ use super::auth::Identity;
 use super::socket::{PeerSocket, SHUTTING_DOWN};
 use super::{PeerStats, Replication, now_ms};
 use crate::handles::{LinkHandle, RoomMsg};
-use crate::registry::{Registry, RoomHandle};
-use crate::store::{Append, Origin, Seq, SharedStore, StoreError};
+use crate::registry::Registry;
+use crate::store::{Origin, Seq, StoreError};
 
-/// How often acknowledgements are sent (when there is something new to acknowledge).
-const ACK_EVERY: Duration = Duration::from_millis(20);
 /// How often, at most, the peer's acknowledged cursor is written to the store.
 const PERSIST_CURSOR_EVERY: Duration = Duration::from_millis(200);
 /// Updates received but not yet durable, per link.
@@ -162,9 +160,9 @@ pub async fn run(
         )
         .in_current_span(),
     );
-    let acker = hub
-        .tasks
-        .spawn(ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span());
+    let acker = hub.tasks.spawn(
+        super::ack::ack_loop(ack_rx, link.clone(), hub.store.clone(), theirs).in_current_span(),
+    );
     let offer = hub
         .tasks
         .spawn(offer_live_docs(registry.clone(), link.clone()).in_current_span());
@@ -229,7 +227,7 @@ pub async fn run(
                     tokio::select! {
                         biased;
                         _ = sock.control.token().cancelled() => break,
-                        done = receive_update(&registry, &peer.node_id, doc, origin, &update) => done,
+                        done = super::deliver::receive_update(&registry, &peer.node_id, doc, origin, &update) => done,
                     }
                 };
                 if ack_tx.send((seq, done)).await.is_err() {
@@ -275,7 +273,9 @@ pub async fn run(
             PeerMessage::SyncStep2 { doc, update } => {
                 // A repair: whatever it brings is stored as this node's own, so it reaches every
                 // region along this node's tree.
-                let _ = receive_update(&registry, &peer.node_id, doc, None, &update).await;
+                let _ =
+                    super::deliver::receive_update(&registry, &peer.node_id, doc, None, &update)
+                        .await;
             }
             PeerMessage::Origin { code, node } => {
                 if code as usize != origins.len() + 1 || origins.len() >= MAX_ORIGINS {
@@ -393,161 +393,6 @@ async fn offer_live_docs(registry: Arc<Registry>, link: LinkHandle) {
         let msg = PeerMessage::SyncStep1 { doc, sv };
         if link.out.send(Bytes::from(msg.encode())).await.is_err() {
             return;
-        }
-    }
-}
-
-/// Hands a replicated update to its document. Returns what resolves once it is durable, or fails
-/// if it could not be stored (`None` only when there is nothing to wait for: our own update
-/// coming back, or one that cannot be decoded).
-pub(super) async fn receive_update(
-    registry: &Arc<Registry>,
-    from: &NodeId,
-    doc: DocName,
-    origin: Option<Origin>,
-    update: &[u8],
-) -> Option<oneshot::Receiver<()>> {
-    let update = match IncomingUpdate::decode(update) {
-        Ok(u) => u,
-        Err(e) => {
-            warn!(peer = %from, %doc, error = %e, "peer sent an undecodable update; skipping it");
-            return None;
-        }
-    };
-    let (done, durable) = oneshot::channel();
-    let msg = RoomMsg::Replicated {
-        update,
-        origin,
-        done: Some(done),
-    };
-    // The room takes it if its inbox has space and nothing written for it waits in the log (so
-    // the document's updates reach it in order). Otherwise the update waits in the log, on its
-    // own: the link never waits for one document.
-    let room = registry.room(&doc);
-    let msg = if room.lane.idle() {
-        match room.tx.try_send(msg) {
-            Ok(()) => return Some(durable),
-            Err(mpsc::error::TrySendError::Full(msg)) => msg,
-            Err(mpsc::error::TrySendError::Closed(msg)) => {
-                // A room that closed its inbox meanwhile (evicted, or its load failed) hands the
-                // update to its successor. If it still cannot be delivered, `done` is dropped
-                // with the message: the acknowledgement loop sees a failure and closes the link
-                // unacknowledged, so the peer sends it again. It is never treated as "nothing to
-                // wait for".
-                if registry.deliver_via(room, &doc, msg).await.is_err() {
-                    warn!(peer = %from, %doc, "a replicated update could not be handed to its document");
-                }
-                return Some(durable);
-            }
-        }
-    } else {
-        msg
-    };
-    let RoomMsg::Replicated {
-        update,
-        origin,
-        done: Some(done),
-    } = msg
-    else {
-        unreachable!("built above");
-    };
-    to_lane(registry, &room, doc, origin, update, done).await;
-    Some(durable)
-}
-
-/// Writes a replicated update to the log for a room too busy to take it (its [`Lane`]); `done`
-/// fires once it is durable, and the room reads it from there. Dropped (the link then closes
-/// unacknowledged, and the peer sends it again) if the store fails.
-async fn to_lane(
-    registry: &Arc<Registry>,
-    room: &RoomHandle,
-    doc: DocName,
-    origin: Option<Origin>,
-    update: IncomingUpdate,
-    done: oneshot::Sender<()>,
-) {
-    let lane = registry.lane(&doc, room);
-    lane.start_write().await;
-    let append = Append {
-        doc,
-        update: Bytes::from(update.bytes),
-        origin,
-    };
-    let commit = registry.store.append(append).await;
-    tokio::spawn(async move {
-        let stored = match commit {
-            Ok(commit) => commit.await.ok().and_then(Result::ok),
-            Err(_) => None,
-        };
-        if let Some(seq) = stored {
-            lane.written.fetch_max(seq, Ordering::SeqCst);
-        }
-        lane.writing.fetch_sub(1, Ordering::SeqCst);
-        lane.wake.notify_one();
-        if stored.is_some() {
-            let _ = done.send(());
-        }
-    });
-}
-
-/// Acknowledges received updates in log order once each is durable. Each acknowledgement goes
-/// out once what it covers is recorded as received from the peer's log incarnation `of`
-/// (`received_cursors`, written with the store's next group commit): the claim this node sends
-/// on its next link-up is never behind what the peer's cursor says. A marker at 0 (the start of
-/// a stream to a node holding nothing) is recorded too, though it acknowledges nothing.
-async fn ack_loop(
-    mut rx: mpsc::Receiver<(Seq, Option<oneshot::Receiver<()>>)>,
-    link: LinkHandle,
-    store: SharedStore,
-    of: Incarnation,
-) {
-    let mut pending = FuturesOrdered::new();
-    let mut ackable: Option<Seq> = None;
-    let mut recorded: Option<Seq> = None;
-    let mut sent: Seq = 0;
-    let mut tick = tokio::time::interval(ACK_EVERY);
-    loop {
-        tokio::select! {
-            item = rx.recv() => {
-                let Some((seq, durable)) = item else { return };
-                pending.push_back(async move {
-                    match durable {
-                        Some(d) => d.await.map(|_| seq),
-                        None => Ok(seq),
-                    }
-                });
-            }
-            Some(done) = pending.next(), if !pending.is_empty() => match done {
-                Ok(seq) => ackable = ackable.max(Some(seq)),
-                Err(_) => {
-                    // The document could not store it: do not acknowledge; the peer sends it
-                    // again when the link comes back.
-                    link.control.close(close_code::ERROR, "a replicated update could not be stored");
-                    return;
-                }
-            },
-            _ = tick.tick() => {
-                let Some(seq) = ackable.filter(|_| ackable > recorded) else { continue };
-                let written = async {
-                    store
-                        .set_received_cursor(&link.peer, of, seq)
-                        .await?
-                        .await
-                        .unwrap_or(Err(StoreError::Closed))
-                };
-                if let Err(e) = written.await {
-                    warn!(peer = %link.peer, error = %e, "cannot record what was received; closing the link");
-                    link.control.close(close_code::ERROR, "cannot record what was received");
-                    return;
-                }
-                recorded = Some(seq);
-                if seq > sent {
-                    sent = seq;
-                    if link.out.send(Bytes::from(PeerMessage::Ack { seq: sent }.encode())).await.is_err() {
-                        return;
-                    }
-                }
-            }
         }
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! - [`socket`]: a link's WebSocket as two bounded channels, whichever library opened it.
 //! - [`dial`]: dials the configured peers, retrying with jittered exponential backoff.
+//! - [`deliver`]: hands a replicated update to its document's room, or to its lane in the log
+//!   when the room is busy; [`ack`]: acknowledges what is durable, in order.
 //! - [`link`]: one authenticated link: routes what arrives to the documents, acknowledges it once
 //!   durable, and runs [`stream`] for the other direction.
 //! - [`resume`]: where a peer's log stream starts, from the incarnation and sequence the peer
@@ -25,7 +27,9 @@
 //! [`Replication`] is the hub: the live links (at most one per peer), per-peer statistics for
 //! `/api/status`, and the calls rooms make (announce a live document, relay presence).
 
+pub mod ack;
 pub mod auth;
+pub mod deliver;
 pub mod dial;
 pub mod link;
 /// What rooms may ask of the peers, through the registry (which holds the hub as this trait, so
