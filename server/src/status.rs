@@ -12,13 +12,12 @@ use crate::store::Seq;
 /// The whole status document.
 pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value {
     let committed = hub.store.committed();
-    let peers: Vec<Value> = hub
-        .peer_views()
+    let views = hub.peer_views();
+    let peers: Vec<Value> = views
         .iter()
         .map(|view| peer(hub, view, committed))
         .collect();
-    let regions: std::collections::HashMap<String, String> = hub
-        .peer_views()
+    let regions: std::collections::HashMap<String, String> = views
         .iter()
         .filter_map(|v| {
             let id = v.node_id.as_ref()?.to_string();

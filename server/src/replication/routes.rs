@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use concord_crdt::NodeId;
-use concord_crdt::routing::Route;
+use concord_crdt::routing::{Route, Router};
 use dashmap::DashMap;
 use tracing::{Instrument, debug};
 
@@ -76,23 +76,19 @@ impl Replication {
 
     /// A link to `peer` is up: route through it, and tell every neighbour what changed.
     pub(super) fn route_link_up(&self, peer: &NodeId) {
-        self.router.lock().unwrap().link_up(peer.clone());
-        self.send_routes();
+        self.reroute(|router| router.link_up(peer.clone()));
     }
 
     /// The link to `peer` is gone: route around it.
     pub(super) fn route_link_down(&self, peer: &NodeId) {
-        {
-            let mut router = self.router.lock().unwrap();
+        self.reroute(|router| {
             // A newer link to the peer registered meanwhile: its routes stand. (It calls
             // `route_link_up` after registering, under this lock, so checking here is enough.)
-            if self.links.contains_key(peer) {
-                return;
+            if !self.links.contains_key(peer) {
+                router.link_down(peer);
+                self.relays.remove(peer);
             }
-            router.link_down(peer);
-            self.relays.remove(peer);
-        }
-        self.send_routes();
+        });
     }
 
     /// `peer`'s routes arrived: its distances, and what it wants us to send it (returned, for
@@ -105,8 +101,7 @@ impl Replication {
     ) -> Arc<BTreeMap<NodeId, u64>> {
         let wants: Arc<BTreeMap<NodeId, u64>> = Arc::new(carry.iter().cloned().collect());
         self.relays.insert(peer.clone(), wants.clone());
-        self.router.lock().unwrap().on_routes(peer, dist, carry);
-        self.send_routes();
+        self.reroute(|router| router.on_routes(peer, dist, carry));
         wants
     }
 
@@ -122,10 +117,15 @@ impl Replication {
             .is_some_and(|wants| wants.contains_key(origin))
     }
 
-    /// Sends every neighbour whose routes changed its new routes. A send that fails (its queue
-    /// is full) is retried on the next tick.
-    fn send_routes(&self) {
-        let msgs = self.router.lock().unwrap().routes_to_send();
+    /// Applies `change` to the router, then sends every neighbour whose routes changed its new
+    /// routes (one lock for both; the sends come after it). A send that fails (its queue is
+    /// full) is retried on the next tick.
+    fn reroute(&self, change: impl FnOnce(&mut Router)) {
+        let msgs = {
+            let mut router = self.router.lock().unwrap();
+            change(&mut router);
+            router.routes_to_send()
+        };
         self.send_each(msgs);
     }
 

@@ -121,26 +121,25 @@ async fn append_all_writes_entries_in_order_with_consecutive_sequences() {
     store.close().await;
 }
 
-#[tokio::test]
-async fn compaction_keeps_entries_peers_have_not_acknowledged() {
+/// Five entries of one document, a peer that acknowledged up to `acked`, then a compaction:
+/// the store, and the log's sequences left.
+async fn compact_after_five(
+    options: SqliteOptions,
+    acked: i64,
+) -> (tempfile::TempDir, SqliteStore, Vec<i64>) {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions {
-        relay_retain: Duration::ZERO,
-        ..SqliteOptions::default()
-    };
     let store = SqliteStore::open(dir.path(), options).unwrap();
     let client = Doc::new();
     for i in 0..5 {
         append(&store, "d", edit(&client, 0, &i.to_string())).await;
     }
-    {
-        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        c.execute(
-            "INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 3)",
-            [],
+    Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute(
+            "INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', ?1)",
+            [acked],
         )
         .unwrap();
-    }
     let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
     store
         .compact(&name("d"), state.full_state())
@@ -149,14 +148,24 @@ async fn compaction_keeps_entries_peers_have_not_acknowledged() {
         .await
         .unwrap()
         .unwrap();
-    let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let left: Vec<i64> = c
+    let left: Vec<i64> = Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
         .prepare("SELECT seq FROM log ORDER BY seq")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
+    (dir, store, left)
+}
+
+#[tokio::test]
+async fn compaction_keeps_entries_peers_have_not_acknowledged() {
+    let options = SqliteOptions {
+        relay_retain: Duration::ZERO,
+        ..SqliteOptions::default()
+    };
+    let (_dir, store, left) = compact_after_five(options, 3).await;
     assert_eq!(
         left,
         vec![4, 5],
@@ -343,32 +352,12 @@ proptest! {
 /// ask for them once it notices its direct link died.
 #[tokio::test]
 async fn compaction_keeps_recent_entries_for_detours_even_when_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
-    let client = Doc::new();
-    for i in 0..5 {
-        append(&store, "d", edit(&client, 0, &i.to_string())).await;
-    }
-    Connection::open(dir.path().join(DB_FILE))
-        .unwrap()
-        .execute(
-            "INSERT INTO peer_cursors (node_id, acked_seq) VALUES ('peer', 5)",
-            [],
-        )
-        .unwrap();
-    let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
-    store
-        .compact(&name("d"), state.full_state())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
-    let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-    let left: i64 = c
-        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(left, 5, "entries of the last 30 s are kept for detours");
+    let (_dir, store, left) = compact_after_five(SqliteOptions::default(), 5).await;
+    assert_eq!(
+        left.len(),
+        5,
+        "entries of the last 30 s are kept for detours"
+    );
     // ...but no longer read on load: the snapshot covers them.
     let stored = store.load(&name("d")).await.unwrap().unwrap();
     assert_eq!(stored.parts().count(), 1, "the snapshot alone");
