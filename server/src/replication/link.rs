@@ -104,8 +104,7 @@ pub async fn run(
     let stats = hub.stats(&peer.node_id);
     *stats.region.lock().unwrap() = peer.region.clone();
     *stats.url.lock().unwrap() = peer.url.clone();
-    stats.connected.store(true, Ordering::Relaxed);
-    hub.route_link_up(&peer.node_id);
+    hub.route_link_up(&peer.node_id, &stats);
     // What an earlier link had in flight is sent again from the cursor by this one.
     stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
@@ -334,9 +333,7 @@ pub async fn run(
 async fn finish(hub: &Replication, link: &LinkHandle, stats: &PeerStats, peer: &Identity) {
     link.control.token().cancel();
     hub.unregister(link);
-    if !hub.is_linked(&peer.node_id) {
-        hub.route_link_down(&peer.node_id);
-        stats.connected.store(false, Ordering::Relaxed);
+    if hub.route_link_down(&peer.node_id, stats) {
         let reason = link.control.reason();
         if hub.shutdown.is_cancelled() {
             // Our own shutdown ends every link: expected, not a warning.

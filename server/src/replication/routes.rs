@@ -17,7 +17,7 @@ use concord_crdt::routing::{Route, Router};
 use dashmap::DashMap;
 use tracing::{Instrument, debug};
 
-use super::Replication;
+use super::{PeerStats, Replication};
 
 /// How often grafts are decided and changed routes resent.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -75,20 +75,27 @@ impl Replication {
     }
 
     /// A link to `peer` is up: route through it, and tell every neighbour what changed.
-    pub(super) fn route_link_up(&self, peer: &NodeId) {
-        self.reroute(|router| router.link_up(peer.clone()));
+    pub(super) fn route_link_up(&self, peer: &NodeId, stats: &PeerStats) {
+        self.reroute(|router| {
+            stats.connected.store(true, Ordering::Relaxed);
+            router.link_up(peer.clone());
+        });
     }
 
-    /// The link to `peer` is gone: route around it.
-    pub(super) fn route_link_down(&self, peer: &NodeId) {
+    /// A link to `peer` ended: unless a newer one registered meanwhile, route around the peer
+    /// and mark it disconnected. Returns whether it did. Both ends decide under the router's
+    /// lock, after the link (un)registered: a link replaced while it ends neither wipes its
+    /// successor's routes nor marks it down.
+    pub(super) fn route_link_down(&self, peer: &NodeId, stats: &PeerStats) -> bool {
         self.reroute(|router| {
-            // A newer link to the peer registered meanwhile: its routes stand. (It calls
-            // `route_link_up` after registering, under this lock, so checking here is enough.)
-            if !self.links.contains_key(peer) {
-                router.link_down(peer);
-                self.relays.remove(peer);
+            if self.links.contains_key(peer) {
+                return false;
             }
-        });
+            router.link_down(peer);
+            self.relays.remove(peer);
+            stats.connected.store(false, Ordering::Relaxed);
+            true
+        })
     }
 
     /// `peer`'s routes arrived: its distances, and what it wants us to send it (returned, for
@@ -120,13 +127,14 @@ impl Replication {
     /// Applies `change` to the router, then sends every neighbour whose routes changed its new
     /// routes (one lock for both; the sends come after it). A send that fails (its queue is
     /// full) is retried on the next tick.
-    fn reroute(&self, change: impl FnOnce(&mut Router)) {
-        let msgs = {
+    fn reroute<T>(&self, change: impl FnOnce(&mut Router) -> T) -> T {
+        let (out, msgs) = {
             let mut router = self.router.lock().unwrap();
-            change(&mut router);
-            router.routes_to_send()
+            let out = change(&mut router);
+            (out, router.routes_to_send())
         };
         self.send_each(msgs);
+        out
     }
 
     fn send_each(&self, msgs: Vec<(NodeId, concord_crdt::PeerMessage)>) {
