@@ -31,6 +31,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::app::App;
 use crate::auth::{Access, Grant};
 use crate::control::Control;
+use crate::fragment;
 use crate::handles::{ClientHandle, ConnId, JoinError, RoomMsg};
 use crate::limits::DocSlot;
 use crate::linger::{self, DRAIN_MAX_BYTES};
@@ -335,6 +336,17 @@ const CLOSE_SEND: Duration = Duration::from_secs(2);
 
 /// Returns whether the close frame went out, and the sink (to put the socket back together for
 /// a lingering close).
+/// Queues one binary message, in fragments if it is large ([`fragment`]).
+async fn feed(
+    sink: &mut SplitSink<ClientSocket, Message>,
+    frame: Bytes,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for msg in fragment::binary(frame) {
+        sink.feed(msg).await?;
+    }
+    Ok(())
+}
+
 async fn write_loop(
     mut sink: SplitSink<ClientSocket, Message>,
     mut rx: mpsc::Receiver<Bytes>,
@@ -359,10 +371,10 @@ async fn write_loop(
                 // Race it against the end of the connection, so a dropped client (room queue
                 // full, shutdown, dead) is let go at once instead of when TCP gives up.
                 let write = async {
-                    sink.feed(Message::Binary(frame)).await?;
+                    feed(&mut sink, frame).await?;
                     for _ in 1..WRITE_BATCH {
                         let Ok(frame) = rx.try_recv() else { break };
-                        sink.feed(Message::Binary(frame)).await?;
+                        feed(&mut sink, frame).await?;
                     }
                     sink.flush().await
                 };

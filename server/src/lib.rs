@@ -34,6 +34,7 @@ pub mod control;
 pub mod delay_proxy;
 pub mod demo;
 pub mod demo_console;
+pub mod fragment;
 pub mod handles;
 pub mod http;
 pub mod limits;

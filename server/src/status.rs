@@ -56,6 +56,7 @@ pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value 
             "origins": origins,
         },
         "documents": documents,
+        "full_states_encoded": crate::room::full_states_encoded(),
         "connections": connections,
     })
 }

@@ -57,6 +57,9 @@ impl Room {
             read += page.len();
             self.lane_read = last;
             self.exists = true;
+            if !relay.is_empty() {
+                self.changed();
+            }
             for bytes in relay {
                 self.tail.entries += 1;
                 self.tail.bytes += bytes.len() as u64;

@@ -158,7 +158,11 @@ impl Room {
     ) -> Result<(), StoreError> {
         match msg {
             ClientMessage::SyncStep1(sv) => {
-                let frame = Bytes::from(encode::sync_step2(&self.state.diff(&sv)));
+                let frame = if sv.is_empty() {
+                    self.full_step2()
+                } else {
+                    Bytes::from(encode::sync_step2(&self.state.diff(&sv)))
+                };
                 self.place(outbox, None, Kind::Answer, Effect::Send(id, frame));
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {

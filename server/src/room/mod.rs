@@ -28,8 +28,11 @@ mod lane;
 mod members;
 mod messages;
 mod outbox;
+mod step2;
 mod stop;
 mod updates;
+
+pub use step2::full_states_encoded;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -138,6 +141,9 @@ pub struct Room {
     /// how far this room has read them ([`Lane`]).
     lane: Arc<Lane>,
     lane_read: crate::store::Seq,
+    /// The Step2 for clients that have nothing, while the document has not changed since
+    /// (`step2`).
+    full_step2: Option<bytes::Bytes>,
 }
 
 impl Room {
@@ -194,6 +200,7 @@ impl Room {
             asked_back: HashMap::new(),
             lane,
             lane_read: loaded_through,
+            full_step2: None,
         };
         room.lane
             .applied

@@ -99,6 +99,7 @@ impl Room {
         if appends.is_empty() {
             return Ok(());
         }
+        self.changed();
         let commit = self.env.store.append_all(appends).await?;
         if let Some(hub) = self.env.peers.as_ref().filter(|_| own > 0) {
             hub.originated(own);
