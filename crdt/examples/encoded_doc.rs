@@ -99,7 +99,7 @@ fn child(mode: DocMode, file: &str) {
     let before = rss_kb();
     let state = std::fs::read(file).unwrap();
     let t = Instant::now();
-    let mut doc = DocState::load_with(mode, [state.as_slice()]).unwrap();
+    let doc = DocState::load_with(mode, [state.as_slice()]).unwrap();
     let load = t.elapsed();
     drop(state);
     // What the allocator kept from transient decoding goes back to the system (the server's
@@ -107,7 +107,7 @@ fn child(mode: DocMode, file: &str) {
     // SAFETY: glibc's malloc_trim has no preconditions.
     unsafe { malloc_trim(0) };
     let after = rss_kb();
-    let heap = doc.encoded().map(|e| e.heap_size()).unwrap_or(0);
+    let heap = doc.heap_size().unwrap_or(0);
     println!(
         "{mode:?}: load {:.1} ms, RSS +{:.1} MB after loading (heap_size {:.2} MB)",
         ms(load),
@@ -324,7 +324,7 @@ fn main() {
         let path3 = median(5, || {
             black_box(e.diff(&sv_base));
         });
-        let job = e.merge_job().expect("past the threshold");
+        let job = e.merge_job_now();
         let t = Instant::now();
         let merged = job.run();
         let merge = t.elapsed();

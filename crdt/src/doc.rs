@@ -285,6 +285,12 @@ impl DocState {
             .map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Approximate resident bytes of the document in encoded mode ([`EncodedDoc::heap_size`]);
+    /// `None` in live mode, where yrs does not tell.
+    pub fn heap_size(&self) -> Option<usize> {
+        self.lock().map(|e| e.heap_size())
+    }
+
     fn lock(&self) -> Option<MutexGuard<'_, EncodedDoc>> {
         self.encoded
             .as_ref()

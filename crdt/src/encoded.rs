@@ -458,6 +458,12 @@ impl EncodedDoc {
             .then(|| self.job(JobKind::Merge))
     }
 
+    /// A merge of base and tail whatever the tail's length: for a caller that wants the whole
+    /// document in one update off its thread (compaction, before storing a snapshot).
+    pub fn merge_job_now(&self) -> MergeJob {
+        self.job(JobKind::Merge)
+    }
+
     /// A garbage-collecting pass over the whole document (see [`JobKind::Gc`]).
     pub fn gc_job(&self) -> MergeJob {
         self.job(JobKind::Gc)
