@@ -4,8 +4,15 @@
 //! locks. Its job is to apply what arrives and to say whether it brought anything new: the server
 //! stores and relays only updates that changed the document, which is also what stops replication
 //! loops (`replication.rs`).
+//!
+//! The document itself is kept in one of two forms ([`DocMode`]): a live `yrs::Doc`, or its
+//! encoded updates ([`EncodedDoc`], a fraction of the memory). Both answer every method here the
+//! same way, with the differences `encoded.rs` lists.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 use yrs::sync::Awareness;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateSummary};
@@ -14,6 +21,7 @@ use yrs::{
     Update,
 };
 
+use crate::encoded::EncodedDoc;
 use crate::message::IncomingUpdate;
 
 /// Why an update or a stored state could not be applied.
@@ -37,9 +45,23 @@ pub enum Applied {
     Unchanged,
 }
 
+/// How a [`DocState`] keeps its document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DocMode {
+    /// A live `yrs::Doc`: every update integrated.
+    #[default]
+    Live,
+    /// The encoded updates and the ids they insert and delete ([`EncodedDoc`]).
+    Encoded,
+}
+
 /// The document and awareness of one room.
 pub struct DocState {
+    /// In encoded mode its Doc stays empty: awareness is all it serves.
     awareness: Awareness,
+    /// The document in encoded mode. Behind a mutex only because `full_state` and `diff` take
+    /// `&self` and cache what they merge; the owner is one task, so it is never contended.
+    encoded: Option<Mutex<EncodedDoc>>,
     /// Whether some applied update waits for ones it depends on. Kept here because every update
     /// goes through [`DocState::apply_update`], which computes it anyway; asking yrs would take a
     /// transaction per update.
@@ -84,6 +106,8 @@ fn pending_fingerprint<T: ReadTxn>(txn: &T) -> PendingFingerprint {
 /// have made, because an update only inserts blocks of its own clients and only deletes ids it
 /// lists; anything else it unlocks was pending before.
 pub struct Batch<'a> {
+    /// Set in encoded mode, where nothing else is used.
+    encoded: Option<&'a mut EncodedDoc>,
     doc: &'a Doc,
     /// Opened at the first update.
     txn: Option<TransactionMut<'a>>,
@@ -93,8 +117,12 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Applies one update and reports whether it changed anything.
-    pub fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
+    /// Applies one update (decoded from `bytes`, which encoded mode keeps) and reports whether it
+    /// changed anything.
+    pub fn apply(&mut self, update: Update, bytes: Bytes) -> Result<Applied, ApplyError> {
+        if let Some(encoded) = self.encoded.as_deref_mut() {
+            return encoded.apply(&update, bytes);
+        }
         let doc = self.doc;
         let txn = self.txn.get_or_insert_with(|| doc.transact_mut());
         // yrs is not supposed to panic on a decoded update, but a panic here would take the whole
@@ -194,50 +222,100 @@ fn progress(txn: &TransactionMut, clients: &[ClientID]) -> u64 {
 impl DocState {
     /// An empty document. The server never edits, so its own client id is irrelevant.
     pub fn new() -> Self {
+        Self::new_with(DocMode::Live)
+    }
+
+    /// An empty document kept in `mode`.
+    pub fn new_with(mode: DocMode) -> Self {
         let doc = Doc::with_options(Options {
             skip_gc: false,
             ..Options::default()
         });
         DocState {
             awareness: Awareness::new(doc),
+            encoded: (mode == DocMode::Encoded).then(|| Mutex::new(EncodedDoc::new())),
             pending: false,
         }
     }
 
-    /// Rebuilds a document from stored updates (a snapshot followed by log entries), in order.
+    /// How this document is kept.
+    pub fn mode(&self) -> DocMode {
+        if self.encoded.is_some() {
+            DocMode::Encoded
+        } else {
+            DocMode::Live
+        }
+    }
+
+    /// Rebuilds a live document from stored updates (a snapshot followed by log entries), in
+    /// order.
     pub fn load<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, ApplyError> {
+        Self::load_with(DocMode::Live, parts)
+    }
+
+    /// [`DocState::load`] into a document kept in `mode`.
+    pub fn load_with<'a>(
+        mode: DocMode,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, ApplyError> {
+        if mode == DocMode::Encoded {
+            let mut state = DocState::new_with(DocMode::Live);
+            state.encoded = Some(Mutex::new(EncodedDoc::load(parts)?));
+            return Ok(state);
+        }
         let mut state = DocState::new();
         for bytes in parts {
             // Same checks as for bytes from the network: stored rows can be damaged too.
             let update =
                 IncomingUpdate::decode(bytes).map_err(|e| ApplyError::Decode(e.to_string()))?;
-            state.apply(update.decoded)?;
+            state.apply_update(update)?;
         }
         Ok(state)
     }
 
+    /// The live Doc; in encoded mode an empty one (see [`DocState::encoded`]).
     pub fn doc(&self) -> &Doc {
         self.awareness.doc()
     }
 
+    /// The document in encoded mode (for its jobs and memory figures), `None` in live mode.
+    pub fn encoded(&mut self) -> Option<&mut EncodedDoc> {
+        self.encoded
+            .as_mut()
+            .map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Approximate resident bytes of the document in encoded mode ([`EncodedDoc::heap_size`]);
+    /// `None` in live mode, where yrs does not tell.
+    pub fn heap_size(&self) -> Option<usize> {
+        self.lock().map(|e| e.heap_size())
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, EncodedDoc>> {
+        self.encoded
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Applies a decoded update and reports whether it changed anything.
     pub fn apply_update(&mut self, update: IncomingUpdate) -> Result<Applied, ApplyError> {
-        self.apply(update.decoded)
+        self.batch()
+            .apply(update.decoded, Bytes::from(update.bytes))
     }
 
     /// [`DocState::apply_update`] for a caller that keeps the update's bytes itself.
-    pub fn apply_decoded(&mut self, update: Update) -> Result<Applied, ApplyError> {
-        self.apply(update)
-    }
-
-    fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
-        self.batch().apply(update)
+    pub fn apply_decoded(&mut self, update: Update, bytes: Bytes) -> Result<Applied, ApplyError> {
+        self.batch().apply(update, bytes)
     }
 
     /// Applies several updates in one yrs transaction, each still reported on its own (see
     /// [`Batch`]). The transaction commits when the batch is dropped.
     pub fn batch(&mut self) -> Batch<'_> {
         Batch {
+            encoded: self
+                .encoded
+                .as_mut()
+                .map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner())),
             doc: self.awareness.doc(),
             txn: None,
             pending: &mut self.pending,
@@ -245,28 +323,56 @@ impl DocState {
         }
     }
 
+    /// In encoded mode, per client the insertions contiguous from clock 0: ahead of a Doc's when
+    /// blocks wait for another client's missing ids (`encoded.rs`).
     pub fn state_vector(&self) -> StateVector {
-        self.doc().transact().state_vector()
+        match self.lock() {
+            Some(e) => e.state_vector(),
+            None => self.doc().transact().state_vector(),
+        }
     }
 
     /// What a peer with state vector `sv` lacks, pending data included (a v1 update; an empty
     /// update when it lacks nothing).
     pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
-        self.doc().transact().encode_state_as_update_v1(sv)
+        match self.lock() {
+            Some(mut e) => e.diff(sv).to_vec(),
+            None => self.doc().transact().encode_state_as_update_v1(sv),
+        }
     }
 
     /// The whole document as one v1 update: the snapshot that compaction stores.
     pub fn full_state(&self) -> Vec<u8> {
-        self.diff(&StateVector::default())
+        self.full_state_bytes().to_vec()
     }
 
-    /// Whether some applied update still waits for updates it depends on.
+    /// [`DocState::full_state`] without a copy in encoded mode (where it is kept merged).
+    pub fn full_state_bytes(&self) -> Bytes {
+        match self.lock() {
+            Some(mut e) => e.full_state(),
+            None => Bytes::from(
+                self.doc()
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            ),
+        }
+    }
+
+    /// Whether some applied update still waits for updates it depends on (in encoded mode, only
+    /// a gap in one client's insertions or a deletion of unknown ids shows: `encoded.rs`).
     pub fn has_pending(&self) -> bool {
-        self.pending
+        match self.lock() {
+            Some(e) => e.has_pending(),
+            None => self.pending,
+        }
     }
 
-    /// The plain text of the `Y.Text` root `name`, if the document has such a root.
+    /// The plain text of the `Y.Text` root `name`, if the document has such a root (in encoded
+    /// mode read from a Doc materialised for the purpose).
     pub fn text(&self, name: &str) -> Option<String> {
+        if let Some(e) = self.lock() {
+            return e.text(name);
+        }
         let txn = self.doc().transact();
         txn.get_text(name).map(|t| t.get_string(&txn))
     }
@@ -546,7 +652,8 @@ mod tests {
                         drop(batch);
                         batch = batched.batch();
                     }
-                    got.push(batch.apply(incoming(u).decoded));
+                    let u = incoming(u);
+                    got.push(batch.apply(u.decoded, Bytes::from(u.bytes)));
                 }
                 drop(batch);
                 prop_assert_eq!(&got, &one_by_one);

@@ -8,6 +8,8 @@
 //! - [`doc`]: [`DocState`], a `yrs::Doc` plus awareness, owned by one server task; it applies
 //!   updates and says whether they brought anything new ([`Applied`]), one at a time or several
 //!   in one transaction ([`Batch`]).
+//! - [`encoded`]: [`EncodedDoc`], the same document kept as its encoded updates (a fraction of a
+//!   Doc's memory); a [`DocState`] in [`DocMode::Encoded`] uses it.
 //! - [`replication`]: the envelope nodes exchange over peer links ([`PeerMessage`]) between
 //!   nodes named by [`NodeId`].
 //! - [`routing`]: which neighbour sends this node which origin's updates (one tree per origin,
@@ -18,12 +20,14 @@
 
 pub mod doc;
 pub mod encode;
+pub mod encoded;
 pub mod message;
 pub mod name;
 pub mod replication;
 pub mod routing;
 
-pub use doc::{Applied, ApplyError, Batch, DocState};
+pub use doc::{Applied, ApplyError, Batch, DocMode, DocState};
+pub use encoded::{EncodedDoc, JobKind, MergeJob, Merged};
 pub use message::{ClientMessage, DecodeError, IncomingUpdate, decode_frame};
 pub use name::{DocName, NameError};
 pub use replication::{NodeId, PeerDecodeError, PeerMessage};

@@ -428,7 +428,15 @@ mod tests {
                 for m in msgs {
                     if let ClientMessage::Update(up) = m {
                         let mut state = crate::DocState::new();
+                        let _ = state.apply_update(IncomingUpdate::decode(&up.bytes).unwrap());
+                        // The encoded form merges, diffs and materialises what it accepted.
+                        let mut state = crate::DocState::new_with(crate::DocMode::Encoded);
                         let _ = state.apply_update(up);
+                        let _ = state.diff(&yrs::StateVector::default());
+                        let _ = state.diff(&state.state_vector());
+                        let _ = state.text("t");
+                        let job = state.encoded().unwrap().gc_job().run();
+                        state.encoded().unwrap().finish(job);
                     }
                 }
             }

@@ -44,7 +44,7 @@ impl Room {
                 for (seq, bytes) in &page {
                     match IncomingUpdate::decode(bytes) {
                         Ok(u) => {
-                            if let Ok(Applied::Changed) = batch.apply(u.decoded) {
+                            if let Ok(Applied::Changed) = batch.apply(u.decoded, bytes.clone()) {
                                 relay.push(bytes.clone());
                             }
                         }

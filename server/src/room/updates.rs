@@ -31,7 +31,7 @@ impl Room {
             return Ok(());
         }
         let mut refused: Vec<ConnId> = Vec::new();
-        let verdicts: Vec<Option<Result<Applied, ApplyError>>> = {
+        let verdicts: Vec<Option<(Result<Applied, ApplyError>, Bytes)>> = {
             let earlier = &self.refused;
             let mut batch = self.state.batch();
             run.iter_mut()
@@ -41,11 +41,12 @@ impl Room {
                     {
                         return None;
                     }
-                    let verdict = batch.apply(std::mem::take(&mut update.decoded));
+                    let bytes = Bytes::from(std::mem::take(&mut update.bytes));
+                    let verdict = batch.apply(std::mem::take(&mut update.decoded), bytes.clone());
                     if let (Err(_), Source::Client(id)) = (&verdict, &*source) {
                         refused.push(*id);
                     }
-                    Some(verdict)
+                    Some((verdict, bytes))
                 })
                 .collect()
         };
@@ -54,8 +55,10 @@ impl Room {
         let mut appends = Vec::new();
         let mut then = Vec::new();
         let mut own = 0;
-        for ((source, update), verdict) in run.drain(..).zip(verdicts) {
-            let Some(verdict) = verdict else { continue };
+        for ((source, _), verdict) in run.drain(..).zip(verdicts) {
+            let Some((verdict, bytes)) = verdict else {
+                continue;
+            };
             let from_peer = matches!(source, Source::Peer { .. });
             let (origin, done) = match (source, verdict) {
                 (Source::Client(_), Ok(Applied::Changed)) => {
@@ -81,7 +84,6 @@ impl Room {
                     continue;
                 }
             };
-            let bytes = Bytes::from(update.bytes);
             let frame = Bytes::from(encode::update(&bytes));
             self.tail.entries += 1;
             self.tail.bytes += bytes.len() as u64;
