@@ -10,6 +10,22 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::AuthArgs;
 use crate::store::Durability;
 
+/// `--doc-mode`: [`concord_crdt::DocMode`] as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DocModeArg {
+    Encoded,
+    Live,
+}
+
+impl From<DocModeArg> for concord_crdt::DocMode {
+    fn from(mode: DocModeArg) -> Self {
+        match mode {
+            DocModeArg::Encoded => concord_crdt::DocMode::Encoded,
+            DocModeArg::Live => concord_crdt::DocMode::Live,
+        }
+    }
+}
+
 /// Concord: a Yjs WebSocket server (y-websocket protocol) with durable storage.
 ///
 /// Without a subcommand, `concord` runs `serve`.
@@ -128,6 +144,14 @@ pub struct ServeArgs {
     /// Messages queued for one document's owner task before senders wait (backpressure).
     #[arg(long, env = "CONCORD_DOC_QUEUE", default_value_t = 1024)]
     pub doc_queue: usize,
+
+    /// How a live document is held in memory. `encoded`: as its encoded updates and the ids they
+    /// insert and delete; a 500 KB text costs about 2 MB instead of about 30 MB, updates are
+    /// judged faster, and merging them runs off the room's thread. `live`: a yrs Doc, which
+    /// answers a client that reconnects far behind faster (about 1 ms instead of about 20 ms for
+    /// that document). See docs/design.md.
+    #[arg(long, env = "CONCORD_DOC_MODE", value_enum, default_value_t = DocModeArg::Encoded)]
+    pub doc_mode: DocModeArg,
 
     /// `sync`: an update is committed to disk (fsync) before it is relayed to anyone, so nothing
     /// relayed is ever lost. `async`: relayed first, committed with the writer's next transaction;

@@ -262,7 +262,8 @@ async fn read_doc(app: &App, doc: &DocName, kind: ReadKind) -> Result<Option<Vec
     let Some(stored) = app.registry.store.load(doc).await? else {
         return Ok(None);
     };
-    let state = DocState::load(stored.parts()).map_err(|e| ReadError::Corrupt(e.to_string()))?;
+    let state = DocState::load_with(app.config.doc_mode.into(), stored.parts())
+        .map_err(|e| ReadError::Corrupt(e.to_string()))?;
     Ok(Some(match kind {
         ReadKind::Update => state.full_state(),
         ReadKind::Text(root) => state.text(&root).unwrap_or_default().into_bytes(),

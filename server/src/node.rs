@@ -213,6 +213,7 @@ pub fn room_config(config: &ServeArgs) -> room::RoomConfig {
         compact_after_updates: config.compact_after_updates,
         compact_after_bytes: config.compact_after_bytes,
         doc_queue: config.doc_queue,
+        doc_mode: config.doc_mode.into(),
     }
 }
 

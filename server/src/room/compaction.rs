@@ -59,6 +59,9 @@ impl Room {
             snapshot_bytes,
             ..LogTail::default()
         };
+        // An encoded document keeps deleted text until a Doc rebuilds it: do that now, off this
+        // task, so the next snapshot (and every fresh client's Step2) leaves it out.
+        self.start_gc();
         Ok(())
     }
 }
@@ -75,6 +78,7 @@ mod tests {
             compact_after_updates: 100,
             compact_after_bytes: 10_000,
             doc_queue: 16,
+            doc_mode: concord_crdt::DocMode::default(),
         }
     }
 

@@ -24,6 +24,7 @@
 //! only as a [`Directory`].
 
 mod compaction;
+mod jobs;
 mod lane;
 mod members;
 mod messages;
@@ -62,6 +63,8 @@ pub struct RoomConfig {
     pub compact_after_bytes: u64,
     /// Messages queued for one room before senders wait (`--doc-queue`).
     pub doc_queue: usize,
+    /// How the document is held in memory (`--doc-mode`).
+    pub doc_mode: concord_crdt::DocMode,
 }
 
 /// What every room of a node shares, handed to each room by whoever starts it (the registry).
@@ -144,6 +147,8 @@ pub struct Room {
     /// The Step2 for clients that have nothing, while the document has not changed since
     /// (`step2`).
     full_step2: Option<bytes::Bytes>,
+    /// The merge of an encoded document running off this task, if any (`jobs`).
+    job: Option<tokio::sync::oneshot::Receiver<concord_crdt::Merged>>,
 }
 
 impl Room {
@@ -162,14 +167,21 @@ impl Room {
         let loaded_through = env.store.committed();
         let loaded = match env.store.load(&name).await {
             Ok(stored) => stored
-                .map(|s| DocState::load(s.parts()).map(|state| (state, s.tail())))
+                .map(|s| {
+                    DocState::load_with(env.config.doc_mode, s.parts())
+                        .map(|state| (state, s.tail()))
+                })
                 .transpose()
                 .map_err(|e| format!("stored data is corrupt: {e}")),
             Err(e) => Err(e.to_string()),
         };
         let (state, exists, tail) = match loaded {
             Ok(Some((state, tail))) => (state, true, tail),
-            Ok(None) => (DocState::new(), false, LogTail::default()),
+            Ok(None) => (
+                DocState::new_with(env.config.doc_mode),
+                false,
+                LogTail::default(),
+            ),
             Err(reason) => {
                 // Never serve an empty document in place of stored data: refuse everyone waiting
                 // and leave, so a later connection tries the load again.
@@ -201,6 +213,7 @@ impl Room {
             lane,
             lane_read: loaded_through,
             full_step2: None,
+            job: None,
         };
         room.lane
             .applied
@@ -244,6 +257,7 @@ impl Room {
                     if let Err(e) = self.maybe_compact(outbox, !rx.is_empty()).await {
                         return Stop::StoreFailed(e);
                     }
+                    self.maybe_merge();
                     // Writes the store already committed (an in-memory store, or a group commit
                     // that covered this batch) release their effects now, not one per loop turn.
                     if let Err(e) = self.run_committed(outbox) {
@@ -258,6 +272,7 @@ impl Room {
                     idle_since = None;
                 }
                 _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
+                merged = jobs::finished(&mut self.job) => self.job_done(merged),
                 _ = self.lane.wake.notified() => {
                     if let Err(e) = self.read_lane().await {
                         return Stop::StoreFailed(e);

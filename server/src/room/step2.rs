@@ -29,7 +29,7 @@ impl Room {
         self.full_step2
             .get_or_insert_with(|| {
                 ENCODED.fetch_add(1, Ordering::Relaxed);
-                Bytes::from(encode::sync_step2(&state.full_state()))
+                Bytes::from(encode::sync_step2(&state.full_state_bytes()))
             })
             .clone()
     }
