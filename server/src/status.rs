@@ -57,6 +57,7 @@ pub fn render(hub: &Replication, documents: usize, connections: usize) -> Value 
         },
         "documents": documents,
         "full_states_encoded": crate::room::full_states_encoded(),
+        "longest_compaction_ms": crate::room::longest_compaction_ms(),
         "connections": connections,
     })
 }

@@ -5,11 +5,22 @@
 //! behind it. [`due`] weighs the two (pure, tested below); [`Room::maybe_compact`] asks it once
 //! per wake-up and writes the snapshot through the outbox like any other write.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing::debug;
 
 use super::outbox::Outbox;
 use super::{Room, RoomConfig};
 use crate::store::{LogTail, StoreError};
+
+/// The longest a room spent compacting (encoding its snapshot and queueing the write), in ms,
+/// since the server started: how long compaction held a room up (`/api/status`).
+static LONGEST_MS: AtomicU64 = AtomicU64::new(0);
+
+/// [`LONGEST_MS`].
+pub fn longest_compaction_ms() -> u64 {
+    LONGEST_MS.load(Ordering::Relaxed)
+}
 
 /// How far past its compaction threshold a room with messages waiting lets its log grow before
 /// it compacts anyway.
@@ -48,12 +59,15 @@ impl Room {
         if !self.lane.begin_compaction(self.lane_read) {
             return Ok(());
         }
-        debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, "compacting");
+        let started = std::time::Instant::now();
         let snapshot = self.state.full_state();
         let snapshot_bytes = snapshot.len() as u64;
         let queued = self.env.store.compact(&self.name, snapshot).await;
         self.lane.end_compaction();
         let commit = queued?;
+        let took = started.elapsed();
+        LONGEST_MS.fetch_max(took.as_millis() as u64, Ordering::Relaxed);
+        debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, snapshot_bytes, ?took, "compacted");
         outbox.push(commit, Vec::new());
         self.tail = LogTail {
             snapshot_bytes,

@@ -33,6 +33,7 @@ mod step2;
 mod stop;
 mod updates;
 
+pub use compaction::longest_compaction_ms;
 pub use step2::full_states_encoded;
 
 use std::collections::{HashMap, HashSet};
