@@ -44,6 +44,7 @@ export async function startServer (args = [], { dataDir } = {}) {
     addr,
     dir,
     log,
+    pid: child.pid,
     wsUrl: `ws://${addr}/ws`,
     httpUrl: `http://${addr}`,
     async stop () {
