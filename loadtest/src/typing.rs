@@ -172,7 +172,11 @@ mod tests {
         let t = base.get_or_insert_text("t");
         t.insert(&mut base.transact_mut(), 0, "hello world");
         for (at, left, right) in [
-            (5, Some(ID::new(ClientID::new(1), 4)), Some(ID::new(ClientID::new(1), 5))),
+            (
+                5,
+                Some(ID::new(ClientID::new(1), 4)),
+                Some(ID::new(ClientID::new(1), 5)),
+            ),
             (0, None, Some(ID::new(ClientID::new(1), 0))),
             (11, Some(ID::new(ClientID::new(1), 10)), None),
         ] {
