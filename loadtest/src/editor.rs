@@ -243,6 +243,7 @@ impl Editor {
                 }
                 ClientMessage::SyncStep2(u) => {
                     let _ = self.doc.transact_mut().apply_update(u.decoded);
+                    self.place_caret();
                     if !self.synced.swap(true, Ordering::Relaxed) {
                         stats.synced.fetch_add(1, Ordering::Relaxed);
                     }
@@ -268,6 +269,22 @@ impl Editor {
             }
         }
         replies
+    }
+
+    /// Puts a random typist's caret at a random place once it holds the document: finding a
+    /// place by index walks the text, which in a large document is better done while connecting
+    /// than in every editor's first keystroke of the measured run.
+    fn place_caret(&self) {
+        if !self.writes || !matches!(self.workload, Workload::Random { .. }) {
+            return;
+        }
+        let mut cursor = self.cursor.lock().unwrap();
+        if cursor.is_none() {
+            let txn = self.doc.transact();
+            if let Some(text) = txn.get_text(TEXT) {
+                *cursor = Some(Caret::random(&text, &txn, &mut rand::rng()));
+            }
+        }
     }
 
     /// Makes the next local edit; returns its key and the encoded update.

@@ -458,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
         let timed_out = checked_at > args.converge_timeout;
         if editors_agree(&replicas) || timed_out {
             let (equal, readable) =
-                regions_agree(&http, &cluster, &replicas, &run_tag, args.docs).await;
+                regions_agree(&http, &cluster, &replicas, &run_tag, args.docs, timed_out).await;
             if equal == args.docs {
                 break (Some(checked_at), equal, readable);
             }
@@ -612,6 +612,7 @@ async fn regions_agree(
     replicas: &[(usize, usize, Doc)],
     tag: &str,
     docs: usize,
+    report_differences: bool,
 ) -> (usize, bool) {
     let mut equal = 0;
     let readable = cluster.regions.iter().all(|r| r.http.is_some());
@@ -637,6 +638,30 @@ async fn regions_agree(
         }
         if states.iter().all(Option::is_some) && states.windows(2).all(|w| w[0] == w[1]) {
             equal += 1;
+        } else if report_differences {
+            // Which replicas differ from the document's first editor, for the failure message.
+            let editors = states.len() - if readable { cluster.regions.len() } else { 0 };
+            let differ: Vec<String> = states
+                .iter()
+                .enumerate()
+                .filter(|(_, st)| *st != &states[0])
+                .map(|(i, st)| {
+                    let who = if i < editors {
+                        format!("editor {i}")
+                    } else {
+                        cluster.regions[i - editors].name.clone()
+                    };
+                    match st {
+                        Some((snapshot, _)) => format!("{who} ({:?})", snapshot.state_map),
+                        None => format!("{who} (unreadable)"),
+                    }
+                })
+                .collect();
+            eprintln!(
+                "doc-{d}: differs from its editor 0 ({:?}): {}",
+                states[0].as_ref().map(|s| &s.0.state_map),
+                differ.join(", ")
+            );
         }
     }
     (equal, readable)

@@ -22,11 +22,17 @@ use concord_crdt::yrs::{
 use rand::Rng;
 
 /// Where an editor types next: the characters either side of the caret (`None`: the text's
-/// start or end).
+/// start or end), and how many characters this editor has just typed in a row before it (which a
+/// backspace removes by id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Caret {
     pub left: Option<ID>,
     pub right: Option<ID>,
+    /// Characters typed in a row ending at `left` (all this editor's, ids consecutive), which a
+    /// backspace deletes by id.
+    run: u32,
+    /// What was left of the caret when that run began.
+    run_origin: Option<ID>,
 }
 
 impl Caret {
@@ -39,7 +45,13 @@ impl Caret {
             right: text
                 .sticky_index(txn, index, Assoc::After)
                 .and_then(|s| s.id().copied()),
+            ..Caret::default()
         }
+    }
+
+    /// A caret at a random place of the whole text.
+    pub fn random<T: ReadTxn>(text: &TextRef, txn: &T, rng: &mut impl Rng) -> Caret {
+        Caret::at(text, txn, rng.random_range(0..=text.len(txn)))
     }
 
     /// The caret's offset in the text, or `None` when neither neighbour is known.
@@ -69,43 +81,87 @@ pub fn keystroke(
         .collect();
     let jump = rng.random_bool(0.05);
     let delete = rng.random_bool(0.1);
-    if let Some(c) = caret
-        && !jump
-        && !delete
-        && (c.left.is_some() || c.right.is_some())
-    {
-        return type_at(txn, c, &chars);
+    let caret = match caret {
+        Some(c) if !jump && (c.left.is_some() || c.right.is_some()) => c,
+        // A jump, or an empty text before: by index (walks).
+        _ => Caret::random(text, txn, rng),
+    };
+    if delete {
+        if caret.run >= 2 {
+            return backspace(txn, caret);
+        }
+        if let Some(at) = caret.offset(txn).filter(|at| *at >= 2) {
+            text.remove_range(txn, at - 2, 2);
+            return Caret::at(text, txn, at - 2);
+        }
     }
-    // The slow path: by index.
-    let len = text.len(txn);
-    let mut at = caret
-        .and_then(|c| c.offset(txn))
-        .map_or(len, |o| o.min(len));
-    if jump {
-        at = rng.random_range(0..=len);
+    if caret.left.is_none() && caret.right.is_none() {
+        // The empty text: the first characters have no neighbour to name.
+        let client = txn.doc().client_id();
+        let clock = txn.state_vector().get(&client);
+        text.insert(txn, 0, &chars);
+        return Caret {
+            left: Some(ID::new(client, clock + chars.len() as u32 - 1)),
+            right: None,
+            run: chars.len() as u32,
+            run_origin: None,
+        };
     }
-    if delete && at >= 2 {
-        text.remove_range(txn, at - 2, 2);
-        at -= 2;
-    } else {
-        text.insert(txn, at, &chars);
-        at += chars.len() as u32;
-    }
-    Caret::at(text, txn, at)
+    type_at(txn, caret, &chars)
 }
 
 /// Types `chars` (ASCII) between the caret's neighbours as one item, by id.
 fn type_at(txn: &mut TransactionMut, caret: Caret, chars: &str) -> Caret {
     let client = txn.doc().client_id();
     let clock = txn.state_vector().get(&client);
-    let update = encode_insert(client.get(), clock, caret.left, caret.right, chars);
-    let decoded = Update::decode_v1(&update).expect("a well-formed update");
-    txn.apply_update(decoded)
-        .expect("applies to the document it was made for");
+    apply(
+        txn,
+        &encode_insert(client.get(), clock, caret.left, caret.right, chars),
+    );
+    // A run goes on only where its ids do (a backspace leaves a gap in them).
+    let contiguous = caret.run > 0 && clock > 0 && caret.left == Some(ID::new(client, clock - 1));
+    let (run, run_origin) = if contiguous {
+        (caret.run, caret.run_origin)
+    } else {
+        (0, caret.left)
+    };
     Caret {
         left: Some(ID::new(client, clock + chars.len() as u32 - 1)),
         right: caret.right,
+        run: run + chars.len() as u32,
+        run_origin,
     }
+}
+
+/// Deletes the two characters this editor typed last before the caret, by id.
+fn backspace(txn: &mut TransactionMut, caret: Caret) -> Caret {
+    let left = caret.left.expect("a run ends at the caret's left");
+    apply(txn, &encode_delete(left.client.get(), left.clock - 1, 2));
+    let run = caret.run - 2;
+    Caret {
+        left: if run > 0 {
+            Some(ID::new(left.client, left.clock - 2))
+        } else {
+            caret.run_origin
+        },
+        right: caret.right,
+        run,
+        run_origin: caret.run_origin,
+    }
+}
+
+fn apply(txn: &mut TransactionMut, update: &[u8]) {
+    let decoded = Update::decode_v1(update).expect("a well-formed update");
+    txn.apply_update(decoded)
+        .expect("applies to the document it was made for");
+}
+
+fn var(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// A v1 update holding one string item of `client` at `clock` between `origin` and
@@ -120,13 +176,6 @@ fn encode_insert(
     debug_assert!(origin.is_some() || right_origin.is_some());
     const STRING: u8 = 4;
     let mut out = Vec::with_capacity(32 + chars.len());
-    let var = |out: &mut Vec<u8>, mut n: u64| {
-        while n >= 0x80 {
-            out.push((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    };
     var(&mut out, 1); // clients
     var(&mut out, 1); // structs of this client
     var(&mut out, client);
@@ -142,6 +191,18 @@ fn encode_insert(
     var(&mut out, chars.len() as u64);
     out.extend_from_slice(chars.as_bytes());
     var(&mut out, 0); // delete set: none
+    out
+}
+
+/// A v1 update deleting `len` characters of `client` from `clock`, as a Yjs client writes it.
+fn encode_delete(client: u64, clock: u32, len: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    var(&mut out, 0); // no structs
+    var(&mut out, 1); // delete set: one client
+    var(&mut out, client);
+    var(&mut out, 1); // one range
+    var(&mut out, clock.into());
+    var(&mut out, len.into());
     out
 }
 
@@ -189,7 +250,11 @@ mod tests {
             };
             // This module, by id.
             let by_id = copy_of(&base, 300);
-            let caret = Caret { left, right };
+            let caret = Caret {
+                left,
+                right,
+                ..Caret::default()
+            };
             assert_eq!(caret.offset(&by_id.transact()), Some(at));
             let update = encode_insert(300, 0, left, right, "xyz");
             assert_eq!(update, expected, "at {at}");
@@ -204,36 +269,105 @@ mod tests {
     }
 
     #[test]
+    fn a_backspace_by_id_is_the_update_yrs_writes_for_it() {
+        let doc = Doc::with_client_id(1);
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, "hello world");
+        // Types "abc" then "de" after "hello", then backspaces twice: "hello" + "a" + " world".
+        let by_id = copy_of(&doc, 300);
+        let caret = Caret {
+            left: Some(ID::new(ClientID::new(1), 4)),
+            right: Some(ID::new(ClientID::new(1), 5)),
+            ..Caret::default()
+        };
+        let caret = type_at(&mut by_id.transact_mut(), caret, "abc");
+        let caret = type_at(&mut by_id.transact_mut(), caret, "de");
+        assert_eq!(text(&by_id), "helloabcde world");
+        let expected = {
+            let copy = copy_of(&by_id, 301);
+            let mut txn = copy.transact_mut();
+            txn.get_or_insert_text("t").remove_range(&mut txn, 8, 2);
+            txn.encode_update_v1()
+        };
+        assert_eq!(encode_delete(300, 3, 2), expected);
+        let caret = backspace(&mut by_id.transact_mut(), caret);
+        assert_eq!(text(&by_id), "helloabc world");
+        let caret = backspace(&mut by_id.transact_mut(), caret);
+        assert_eq!(text(&by_id), "helloa world");
+        assert_eq!(caret.run, 1);
+        // Typing on goes where the caret is.
+        type_at(&mut by_id.transact_mut(), caret, "z");
+        assert_eq!(text(&by_id), "helloaz world");
+        // A run typed all away leaves the caret where it began.
+        let caret = type_at(
+            &mut by_id.transact_mut(),
+            Caret {
+                left: Some(ID::new(ClientID::new(1), 10)),
+                right: None,
+                ..Caret::default()
+            },
+            "xy",
+        );
+        let caret = backspace(&mut by_id.transact_mut(), caret);
+        assert_eq!(caret.left, Some(ID::new(ClientID::new(1), 10)));
+        assert_eq!(caret.offset(&by_id.transact()), Some(13));
+    }
+
+    #[test]
     fn random_keystrokes_keep_replicas_converging() {
-        let a = Doc::with_client_id(1);
-        a.get_or_insert_text("t")
-            .insert(&mut a.transact_mut(), 0, "the quick brown fox");
-        let b = copy_of(&a, 2);
-        let mut rng = rand::rng();
-        let (mut ca, mut cb) = (None, None);
-        for round in 0..300 {
-            for (doc, caret) in [(&a, &mut ca), (&b, &mut cb)] {
-                let mut txn = doc.transact_mut();
-                let t = txn.get_or_insert_text("t");
-                *caret = Some(keystroke(&t, &mut txn, *caret, &mut rng));
+        // Three editors of one document (empty, or not), each keystroke's own update (what an
+        // editor sends) delivered to the others in batches, so that they often type concurrently.
+        for start in ["", "the quick brown fox"] {
+            let docs: Vec<Doc> = (1..=3).map(Doc::with_client_id).collect();
+            if !start.is_empty() {
+                docs[0]
+                    .get_or_insert_text("t")
+                    .insert(&mut docs[0].transact_mut(), 0, start);
             }
-            // Exchange now and then, so that both type concurrently at times.
-            if round % 7 == 0 {
-                let ua = a
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default());
-                let ub = b
-                    .transact()
-                    .encode_state_as_update_v1(&StateVector::default());
-                a.transact_mut()
-                    .apply_update(Update::decode_v1(&ub).unwrap())
+            let base = docs[0]
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
+            for d in &docs[1..] {
+                d.transact_mut()
+                    .apply_update(Update::decode_v1(&base).unwrap())
                     .unwrap();
-                b.transact_mut()
-                    .apply_update(Update::decode_v1(&ua).unwrap())
-                    .unwrap();
-                assert_eq!(text(&a), text(&b));
             }
+            let mut rng = rand::rng();
+            let mut carets = [None; 3];
+            let mut inbox: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+            for round in 0..1000 {
+                let i = round % 3;
+                let update = {
+                    let mut txn = docs[i].transact_mut();
+                    let t = txn.get_or_insert_text("t");
+                    carets[i] = Some(keystroke(&t, &mut txn, carets[i], &mut rng));
+                    txn.encode_update_v1()
+                };
+                for (j, q) in inbox.iter_mut().enumerate() {
+                    if j != i {
+                        q.push(update.clone());
+                    }
+                }
+                if rng.random_bool(0.2) {
+                    let j = rng.random_range(0..3);
+                    let mut txn = docs[j].transact_mut();
+                    for u in inbox[j].drain(..) {
+                        txn.apply_update(Update::decode_v1(&u).unwrap()).unwrap();
+                    }
+                }
+            }
+            for (j, d) in docs.iter().enumerate() {
+                let mut txn = d.transact_mut();
+                for u in inbox[j].drain(..) {
+                    txn.apply_update(Update::decode_v1(&u).unwrap()).unwrap();
+                }
+            }
+            let snapshot = |d: &Doc| d.transact().snapshot();
+            assert_eq!(text(&docs[0]), text(&docs[1]));
+            assert_eq!(text(&docs[0]), text(&docs[2]));
+            assert_eq!(snapshot(&docs[0]), snapshot(&docs[1]));
+            assert_eq!(snapshot(&docs[0]), snapshot(&docs[2]));
+            assert!(text(&docs[0]).len() > 500, "{}", text(&docs[0]));
         }
-        assert!(text(&a).len() > 300, "{}", text(&a));
     }
 }
