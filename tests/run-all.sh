@@ -76,5 +76,10 @@ step "load test smoke run with tokens and TLS (wss:// clients, https:// peer lin
   --duration 5s --quiet --tls --auth-secret smoke-secret --out "$root/target/loadtest/smoke-tls"
 node tests/replication-cost-fields.mjs "$root/target/loadtest/smoke-tls/report.json"
 
+step "load test smoke run with pre-filled documents (--doc-size: server RSS per document and connection)"
+"$root/target/release/loadtest" --regions 2 --latency 20ms --doc-size 50KB --docs 2 --editors 2 \
+  --duration 3s --quiet --out "$root/target/loadtest/smoke-docsize"
+node tests/doc-size-fields.mjs "$root/target/loadtest/smoke-docsize" 50000
+
 echo
 echo "all tests passed in ${SECONDS}s"

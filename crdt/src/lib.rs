@@ -14,6 +14,7 @@
 //!   nodes named by [`NodeId`].
 //! - [`routing`]: which neighbour sends this node which origin's updates (one tree per origin,
 //!   repaired by what neighbours say they hold), and which log entries a stream sends a peer.
+//! - [`sample`]: large sample documents (words typed at random places) for load tests.
 //!
 //! The codecs themselves come from `yrs` (`yrs::sync`, lib0 encoding); this crate adds the
 //! validation, limits and types the server needs around them.
@@ -25,6 +26,7 @@ pub mod message;
 pub mod name;
 pub mod replication;
 pub mod routing;
+pub mod sample;
 
 pub use doc::{Applied, ApplyError, Batch, DocMode, DocState};
 pub use encoded::{EncodedDoc, JobKind, MergeJob, Merged};

@@ -13,11 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use concord_crdt::yrs::updates::decoder::Decode;
-use concord_crdt::yrs::{
-    Assoc, Doc, IndexedSequence, ReadTxn, StateVector, StickyIndex, Text, Transact, Update,
-    WriteTxn,
-};
+use concord_crdt::yrs::{Doc, ReadTxn, Transact, Update, WriteTxn};
 use concord_crdt::{ClientMessage, decode_frame, encode};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -28,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::dial::Dialer;
 use crate::stats::{Local, Stats, UpdateKey};
 use crate::trace::Agent;
+use crate::typing::{self, Caret};
 
 /// The run's phases, broadcast to every editor.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -77,7 +74,9 @@ pub struct Editor {
     /// character offset instead, others' inserts before it would shift the text under it and
     /// every keystroke would land in a new spot, splitting the text into an item per keystroke;
     /// typing on from one's own last character extends one item instead, as real typing does.
-    pub cursor: std::sync::Mutex<Option<StickyIndex>>,
+    /// Held by the ids either side of it, so that typing there needs no walk of the text
+    /// ([`crate::typing`]).
+    pub cursor: std::sync::Mutex<Option<Caret>>,
 }
 
 /// Longest a received update waits to be applied while the run writes (see the module doc).
@@ -244,6 +243,7 @@ impl Editor {
                 }
                 ClientMessage::SyncStep2(u) => {
                     let _ = self.doc.transact_mut().apply_update(u.decoded);
+                    self.place_caret();
                     if !self.synced.swap(true, Ordering::Relaxed) {
                         stats.synced.fetch_add(1, Ordering::Relaxed);
                     }
@@ -271,6 +271,22 @@ impl Editor {
         replies
     }
 
+    /// Puts a random typist's caret at a random place once it holds the document: finding a
+    /// place by index walks the text, which in a large document is better done while connecting
+    /// than in every editor's first keystroke of the measured run.
+    fn place_caret(&self) {
+        if !self.writes || !matches!(self.workload, Workload::Random { .. }) {
+            return;
+        }
+        let mut cursor = self.cursor.lock().unwrap();
+        if cursor.is_none() {
+            let txn = self.doc.transact();
+            if let Some(text) = txn.get_text(TEXT) {
+                *cursor = Some(Caret::random(&text, &txn, &mut rand::rng()));
+            }
+        }
+    }
+
     /// Makes the next local edit; returns its key and the encoded update.
     fn next_edit(&self) -> Option<(Option<UpdateKey>, Vec<u8>)> {
         let client = self.doc.client_id();
@@ -279,29 +295,13 @@ impl Editor {
         let text = txn.get_or_insert_text(TEXT);
         match &self.workload {
             Workload::Random { .. } => {
-                let mut rng = rand::rng();
-                let len = text.len(&txn);
                 let mut cursor = self.cursor.lock().unwrap();
-                let mut at = cursor
-                    .as_ref()
-                    .and_then(|c| c.get_offset(&txn))
-                    .map_or(len, |o| o.index.min(len));
-                if rng.random_bool(0.05) {
-                    at = rng.random_range(0..=len);
-                }
-                if at >= 2 && rng.random_bool(0.1) {
-                    text.remove_range(&mut txn, at - 2, 2);
-                    at -= 2;
-                } else {
-                    let s: String = (0..rng.random_range(1..4))
-                        .map(|_| rng.random_range(b'a'..=b'z') as char)
-                        .collect();
-                    text.insert(&mut txn, at, &s);
-                    at += s.len() as u32;
-                }
-                // Bound to the character before it (`Before`): others typing at the same spot
-                // go after the cursor, not between this editor's characters.
-                *cursor = text.sticky_index(&txn, at, Assoc::Before);
+                *cursor = Some(typing::keystroke(
+                    &text,
+                    &mut txn,
+                    *cursor,
+                    &mut rand::rng(),
+                ));
             }
             Workload::Trace { agent, .. } => {
                 drop(txn);
@@ -315,22 +315,4 @@ impl Editor {
         let key = (txn.state_vector().get(&client) != clock).then_some((client.get(), clock));
         Some((key, update))
     }
-}
-
-/// Full state of a document, re-encoded canonically (to compare replicas).
-pub fn canonical(update: &[u8]) -> Option<(StateVector, Vec<u8>, String)> {
-    let doc = Doc::new();
-    doc.transact_mut()
-        .apply_update(Update::decode_v1(update).ok()?)
-        .ok()?;
-    let txn = doc.transact();
-    let text = txn
-        .get_text(TEXT)
-        .map(|t| concord_crdt::yrs::GetString::get_string(&t, &txn))
-        .unwrap_or_default();
-    Some((
-        txn.state_vector(),
-        txn.encode_state_as_update_v1(&StateVector::default()),
-        text,
-    ))
 }

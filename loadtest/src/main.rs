@@ -6,8 +6,11 @@
 //! - [`tokens`]: `?token=` for servers with access control (`--auth-secret`, `--token`).
 //! - [`tls`], [`dial`]: `wss://` (`--tls`: a self-signed certificate for the started regions).
 //! - [`connect_rate`]: `--connect-rate`, connections per second instead of the editing run.
+//! - [`size`], [`prefill`]: `--doc-size`, documents holding a large text before the run.
+//! - [`memory`]: the servers' RSS at four points, per live document and per connection.
 //! - [`network`]: the delay proxies between regions, on a thread of their own.
 //! - [`editor`]: one simulated editor: a y-websocket client with a real `yrs` document.
+//! - [`typing`]: its random keystrokes, by id at the caret (no walk of a large text).
 //! - [`trace`]: real editing traces replayed faithfully (sequential or concurrent).
 //! - [`stats`]: latency matching and per-second, per-region histograms.
 //! - [`procstat`]: CPU and RSS from `/proc`.
@@ -15,7 +18,7 @@
 //!   measured window, as copies, peer messages and peer bytes per update.
 //! - [`report`]: the stdout table, `report.json` and the self-contained `report.html`.
 //!
-//! A run: connect every editor → write for `--duration` (or `--ops`, or until the traces end) →
+//! A run: pre-fill the documents (`--doc-size`) → connect every editor → write for `--duration` (or `--ops`, or until the traces end) →
 //! stop writing and time convergence → compare every replica (each editor and each region) →
 //! exit non-zero unless they are all identical.
 
@@ -23,15 +26,19 @@ mod cluster;
 mod connect_rate;
 mod dial;
 mod editor;
+mod memory;
 mod network;
+mod prefill;
 mod procstat;
 mod replication_cost;
 mod report;
+mod size;
 mod stats;
 mod status_sampler;
 mod tls;
 mod tokens;
 mod trace;
+mod typing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +46,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use concord_crdt::yrs::{Doc, Options, ReadTxn, StateVector, Transact};
+use concord_crdt::yrs::updates::decoder::Decode;
+use concord_crdt::yrs::{Doc, Options, ReadTxn, Snapshot, StateVector, Transact, Update};
 use tokio::sync::watch;
 
 use cluster::{Cluster, SpawnOptions};
@@ -68,6 +76,19 @@ struct Args {
     /// Editors per document (random mode), spread over the regions.
     #[arg(long, default_value_t = 6)]
     editors: usize,
+    /// Pre-fill every document with this much text before the run, e.g. 500KB, 2MB, 64KiB (0,
+    /// the default: empty documents). Words typed at random places (an item per word), as in a
+    /// document edited for months. One such document is generated per run and the same bytes are
+    /// written into every document, as client updates over the WebSocket protocol, to its first
+    /// editor's region; the run waits until every region holds it. Editors then sync all of it
+    /// and type at random places in it. Started servers get --evict-after=10m (unless
+    /// --server-arg sets it) so that pre-filled documents stay live until the editors come.
+    #[arg(long, default_value = "0", value_parser = size::parse_size)]
+    doc_size: usize,
+    /// With --target: the servers' process ids, one per target in the same order
+    /// (comma-separated), to report their memory (RSS). Without them it is not reported.
+    #[arg(long, value_delimiter = ',')]
+    target_pid: Vec<u32>,
     /// Additional connected editors per document that only read.
     #[arg(long, default_value_t = 0)]
     readers: usize,
@@ -186,8 +207,33 @@ async fn main() -> anyhow::Result<()> {
         (None, false) => (dial::Dialer::plain(), Vec::new()),
     };
     let http = http_client(&trusted, tokens.operator())?;
+    if !args.target_pid.is_empty() && args.target_pid.len() != args.target.len() {
+        anyhow::bail!(
+            "--target-pid takes one pid per --target ({} targets, {} pids)",
+            args.target.len(),
+            args.target_pid.len()
+        );
+    }
+    let content = if args.doc_size > 0 && args.connect_rate.is_none() {
+        let c = prefill::generate(editor::TEXT, args.doc_size).await?;
+        eprintln!(
+            "generated the pre-fill document in {:.1} s: {} bytes of text, {} bytes as an update ({} message{})",
+            c.generated_in.as_secs_f64(),
+            c.text_bytes,
+            c.update_bytes,
+            c.messages.len(),
+            if c.messages.len() == 1 { "" } else { "s" }
+        );
+        Some(c)
+    } else {
+        None
+    };
+    let mut server_args = args.server_args.clone();
+    if content.is_some() && !server_args.iter().any(|a| a.starts_with("--evict-after")) {
+        server_args.push("--evict-after=10m".into());
+    }
 
-    let cluster = if args.target.is_empty() {
+    let mut cluster = if args.target.is_empty() {
         let bin = args
             .concord_bin
             .clone()
@@ -203,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             latency: args.latency,
             bin: &bin,
             dir: &out,
-            extra_args: &args.server_args,
+            extra_args: &server_args,
             tls: cert.as_ref(),
             auth_secret: args.auth_secret.as_deref(),
             http: &http,
@@ -212,6 +258,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Cluster::targets(&args.target)
     };
+    for (r, pid) in cluster.regions.iter_mut().zip(&args.target_pid) {
+        r.pid = Some(*pid);
+    }
     let regions = cluster.regions.len();
 
     if let Some(n) = args.connect_rate {
@@ -229,13 +278,34 @@ async fn main() -> anyhow::Result<()> {
     };
     let stats = Arc::new(Stats::new());
     let (phase_tx, phase_rx) = watch::channel(Phase::Connect);
+    let run_tag = format!("{}-{}", args.prefix, std::process::id());
+
+    // Memory before the pre-fill (a), and after it with no client connected (b).
+    let server_pids: Vec<Option<u32>> = cluster.regions.iter().map(|r| r.pid).collect();
+    let rss_before = memory::settled_rss(&server_pids).await;
+    let mut prefill_secs = 0.0;
+    if let Some(c) = &content {
+        eprintln!("pre-filling {} documents in {regions} regions", args.docs);
+        let targets = prefill::targets(
+            &cluster,
+            |d, ws| {
+                let url = format!("{ws}/{run_tag}/doc-{d}");
+                tokens::with_token(&url, tokens.editor(usize::MAX - d).as_deref())
+            },
+            args.docs,
+        );
+        let every = if args.quiet { 0 } else { 100 };
+        prefill_secs = prefill::fill(targets, c, &dialer, every)
+            .await?
+            .as_secs_f64();
+    }
+    let rss_prefilled = memory::settled_rss(&server_pids).await;
 
     // Editors: (doc, region, live doc handle) for the final comparison.
     let mut replicas: Vec<(usize, usize, Doc)> = Vec::new();
     let mut replays = Vec::new();
     let mut tasks = Vec::new();
     let mut next_id = 0;
-    let run_tag = format!("{}-{}", args.prefix, std::process::id());
     for d in 0..args.docs {
         let doc_name = format!("{run_tag}/doc-{d}");
         let writers = script.as_ref().map(|s| s.agents()).unwrap_or(args.editors);
@@ -285,11 +355,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Connect.
-    let server_pids: Vec<u32> = cluster.regions.iter().filter_map(|r| r.pid).collect();
-    let rss_idle: u64 = server_pids
-        .iter()
-        .filter_map(|p| procstat::rss_kib(*p))
-        .sum();
     let t0 = Instant::now();
     while (stats.synced.load(Ordering::Relaxed) as usize) < editors {
         if t0.elapsed() > Duration::from_secs(120) {
@@ -305,22 +370,11 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    // What holding the connections costs the servers (their documents included).
-    if !server_pids.is_empty() {
-        let rss_connected: u64 = server_pids
-            .iter()
-            .filter_map(|p| procstat::rss_kib(*p))
-            .sum();
-        println!(
-            "server RSS: {:.1} MiB before connecting, {:.1} MiB with {editors} connections: {:.1} KiB per connection",
-            rss_idle as f64 / 1024.0,
-            rss_connected as f64 / 1024.0,
-            rss_connected.saturating_sub(rss_idle) as f64 / editors.max(1) as f64
-        );
-    }
+    // What holding the connections costs the servers (c), before anyone writes.
+    let rss_connected = memory::settled_rss(&server_pids).await;
 
     // Write.
-    let pids = server_pids;
+    let pids: Vec<u32> = server_pids.iter().flatten().copied().collect();
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|p| procstat::cpu_seconds(*p).unwrap_or(0.0))
@@ -397,23 +451,27 @@ async fn main() -> anyhow::Result<()> {
     phase_tx.send_replace(Phase::Drain);
     let drain_start = Instant::now();
     eprintln!("writes stopped; waiting for convergence");
-    let converged_after = loop {
-        if editors_agree(&replicas)
-            && regions_agree(&http, &cluster, &replicas, &run_tag, args.docs)
-                .await
-                .0
-                == args.docs
-        {
-            break Some(drain_start.elapsed());
-        }
-        if drain_start.elapsed() > args.converge_timeout {
-            break None;
+    // Timed at the start of the check that finds every replica identical: the comparison itself
+    // reads every replica (and each region's copy) and takes a while with large documents.
+    let (converged_after, docs_equal, region_checked) = loop {
+        let checked_at = drain_start.elapsed();
+        let timed_out = checked_at > args.converge_timeout;
+        if editors_agree(&replicas) || timed_out {
+            let (equal, readable) =
+                regions_agree(&http, &cluster, &replicas, &run_tag, args.docs, timed_out).await;
+            if equal == args.docs {
+                break (Some(checked_at), equal, readable);
+            }
+            if timed_out {
+                break (None, equal, readable);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (docs_equal, region_checked) =
-        regions_agree(&http, &cluster, &replicas, &run_tag, args.docs).await;
-    let rss: Vec<Option<u64>> = pids.iter().map(|p| procstat::rss_kib(*p)).collect();
+    let rss: Vec<Option<u64>> = server_pids
+        .iter()
+        .map(|p| p.and_then(procstat::rss_kib))
+        .collect();
     let own_rss = procstat::rss_kib(std::process::id());
 
     phase_tx.send_replace(Phase::Done);
@@ -427,10 +485,29 @@ async fn main() -> anyhow::Result<()> {
             .all(|(_, _, doc)| text_of(doc).len() == end.len())
     });
     cluster.stop().await;
+    let names = cluster_names(regions, &args);
+    let memory = memory::Memory::new(
+        args.doc_size,
+        content.as_ref().map_or(0, |c| c.update_bytes),
+        prefill_secs,
+        args.docs,
+        editors,
+        names
+            .iter()
+            .enumerate()
+            .map(|(r, name)| memory::RegionMemory {
+                name: name.clone(),
+                before_prefill_kib: rss_before[r],
+                after_prefill_kib: rss_prefilled[r],
+                connected_kib: rss_connected[r],
+                end_kib: rss[r],
+            })
+            .collect(),
+    );
 
     let r = report::Report::build(report::Inputs {
         args: format!("{:?}", tokens::redacted(std::env::args().skip(1))),
-        regions: cluster_names(regions, &args),
+        regions: names,
         editors,
         docs: args.docs,
         write_secs,
@@ -450,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
         trace: script.as_ref().map(|s| s.name.clone()),
         trace_text_length_matches: trace_text_match,
         statuses,
+        memory,
     });
     println!("{}", r.table());
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)?;
@@ -484,9 +562,29 @@ fn text_of(doc: &Doc) -> String {
         .unwrap_or_default()
 }
 
-fn state_of(doc: &Doc) -> Vec<u8> {
-    doc.transact()
-        .encode_state_as_update_v1(&StateVector::default())
+/// What two replicas of a document share when they are identical: every insertion seen (state
+/// vector), every deletion (delete set), and, to be sure, a hash of the text. Read from the live
+/// document without encoding or decoding it: a few milliseconds for a 500 KB document, where
+/// re-encoding every replica's full state costs a hundred times that.
+fn fingerprint(doc: &Doc) -> (Snapshot, u64) {
+    use std::hash::{Hash, Hasher};
+    let txn = doc.transact();
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    if let Some(t) = txn.get_text(editor::TEXT) {
+        concord_crdt::yrs::GetString::get_string(&t, &txn).hash(&mut hash);
+    }
+    (txn.snapshot(), hash.finish())
+}
+
+/// The fingerprint of a full state read from a region (an empty body: the empty document).
+fn fingerprint_of_update(update: &[u8]) -> Option<(Snapshot, u64)> {
+    let doc = Doc::new();
+    if !update.is_empty() {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).ok()?)
+            .ok()?;
+    }
+    Some(fingerprint(&doc))
 }
 
 /// Whether, for every document, all its editors hold the same state.
@@ -514,14 +612,15 @@ async fn regions_agree(
     replicas: &[(usize, usize, Doc)],
     tag: &str,
     docs: usize,
+    report_differences: bool,
 ) -> (usize, bool) {
     let mut equal = 0;
     let readable = cluster.regions.iter().all(|r| r.http.is_some());
     for d in 0..docs {
-        let mut states: Vec<Vec<u8>> = replicas
+        let mut states: Vec<Option<(Snapshot, u64)>> = replicas
             .iter()
             .filter(|(doc, _, _)| *doc == d)
-            .filter_map(|(_, _, doc)| editor::canonical(&state_of(doc)).map(|c| c.1))
+            .map(|(_, _, doc)| Some(fingerprint(doc)))
             .collect();
         if readable {
             for r in &cluster.regions {
@@ -530,18 +629,39 @@ async fn regions_agree(
                     Ok(resp) if resp.status().is_success() => resp.bytes().await.ok(),
                     // Never written (an idle run): the region holds the empty document.
                     Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
-                        Some(state_of(&Doc::new()).into())
+                        Some(Default::default())
                     }
                     _ => None,
                 };
-                match body.and_then(|b| editor::canonical(&b)) {
-                    Some(c) => states.push(c.1),
-                    None => states.push(Vec::new()),
-                }
+                states.push(body.and_then(|b| fingerprint_of_update(&b)));
             }
         }
-        if states.windows(2).all(|w| w[0] == w[1]) {
+        if states.iter().all(Option::is_some) && states.windows(2).all(|w| w[0] == w[1]) {
             equal += 1;
+        } else if report_differences {
+            // Which replicas differ from the document's first editor, for the failure message.
+            let editors = states.len() - if readable { cluster.regions.len() } else { 0 };
+            let differ: Vec<String> = states
+                .iter()
+                .enumerate()
+                .filter(|(_, st)| *st != &states[0])
+                .map(|(i, st)| {
+                    let who = if i < editors {
+                        format!("editor {i}")
+                    } else {
+                        cluster.regions[i - editors].name.clone()
+                    };
+                    match st {
+                        Some((snapshot, _)) => format!("{who} ({:?})", snapshot.state_map),
+                        None => format!("{who} (unreadable)"),
+                    }
+                })
+                .collect();
+            eprintln!(
+                "doc-{d}: differs from its editor 0 ({:?}): {}",
+                states[0].as_ref().map(|s| &s.0.state_map),
+                differ.join(", ")
+            );
         }
     }
     (equal, readable)

@@ -18,6 +18,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::memory::Memory;
 use crate::replication_cost::{self, ReplicationCost};
 use crate::stats::{Bucket, Kind, Summary, merge, new_histogram};
 use crate::status_sampler::Statuses;
@@ -49,6 +50,7 @@ pub struct Inputs {
     pub trace_text_length_matches: Option<bool>,
     /// Every region's status at the start and at the end of the measured window, or why not.
     pub statuses: Result<(Arc<Statuses>, Arc<Statuses>), &'static str>,
+    pub memory: Memory,
 }
 
 #[derive(Serialize)]
@@ -96,6 +98,9 @@ pub struct Report {
     /// servers' counters; `null` with `replication_cost_note` saying why when not available.
     pub replication_cost: Option<ReplicationCost>,
     pub replication_cost_note: Option<String>,
+    /// The servers' RSS before and after the pre-fill, connected and at the end, and what a live
+    /// document and a connection cost.
+    pub memory: Memory,
 }
 
 fn local_of(b: &Bucket) -> Histogram<u64> {
@@ -175,6 +180,7 @@ impl Report {
             histogram_cross: bins::bin(&total.hist[Kind::Cross as usize]),
             replication_cost_note: cost.as_ref().err().cloned(),
             replication_cost: cost.ok(),
+            memory: i.memory,
         }
     }
 
@@ -267,6 +273,7 @@ impl Report {
                 );
             }
         }
+        let _ = writeln!(t, "{}", memory_lines(&self.memory));
         if let Some(m) = self.trace_text_length_matches {
             let _ = writeln!(
                 t,
@@ -280,6 +287,36 @@ impl Report {
     pub fn html(&self) -> String {
         html::render(self)
     }
+}
+
+/// The memory summary for the terminal: the four samples, then the two derived figures.
+fn memory_lines(m: &Memory) -> String {
+    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let sum = |f: fn(&crate::memory::RegionMemory) -> Option<u64>| {
+        m.regions.iter().map(f).sum::<Option<u64>>()
+    };
+    let kib = |k: Option<f64>| k.map_or("-".into(), |k| format!("{k:.1} KiB"));
+    let mut t = format!(
+        "server RSS MiB (all servers): {} before pre-fill, {} pre-filled, {} with {} connections, {} at the end",
+        mib(sum(|r| r.before_prefill_kib)),
+        mib(sum(|r| r.after_prefill_kib)),
+        mib(sum(|r| r.connected_kib)),
+        m.connections,
+        mib(sum(|r| r.end_kib)),
+    );
+    let _ = write!(
+        t,
+        "\ndocuments pre-filled with {} bytes of text ({} as an update) in {:.1} s; RSS per live document {}, per connection {}",
+        m.doc_size_bytes,
+        m.doc_update_bytes,
+        m.prefill_secs,
+        kib(m.rss_per_live_doc_kib),
+        kib(m.rss_per_connection_kib),
+    );
+    if let Some(n) = &m.note {
+        let _ = write!(t, " ({n})");
+    }
+    t
 }
 
 fn now_rfc3339() -> String {

@@ -53,6 +53,7 @@ pub fn render(r: &Report) -> String {
         r.reconnects
     );
     summary_table(&mut h, r);
+    memory_table(&mut h, r);
     replication_table(&mut h, r);
 
     h.push_str("<h2>Latency distribution</h2>");
@@ -156,6 +157,42 @@ fn summary_table(h: &mut String, r: &Report) {
         r.generator_rss_kib
             .map(|k| (k / 1024).to_string())
             .unwrap_or("-".into())
+    );
+}
+
+/// The servers' RSS at the run's four points, and per live document and per connection
+/// (`id=memory`).
+fn memory_table(h: &mut String, r: &Report) {
+    let m = &r.memory;
+    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let kib = |k: Option<f64>| k.map_or("-".into(), |k| format!("{k:.1}"));
+    h.push_str("<h2>Server memory</h2><table id=memory><tr><th>server<th>before pre-fill (MiB)<th>pre-filled, no client (MiB)<th>connected, idle (MiB)<th>end (MiB)</tr>");
+    for x in &m.regions {
+        let _ = write!(
+            h,
+            "<tr><td>{}<td>{}<td>{}<td>{}<td>{}</tr>",
+            esc(&x.name),
+            mib(x.before_prefill_kib),
+            mib(x.after_prefill_kib),
+            mib(x.connected_kib),
+            mib(x.end_kib)
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><p>Documents pre-filled with {} bytes of text ({} bytes as an update) in {:.1} s. \
+         RSS per live document: <b>{} KiB</b> (pre-filled − before, per document and server); \
+         per connection: <b>{} KiB</b> (connected − pre-filled, over {} connections).{}</p>",
+        m.doc_size_bytes,
+        m.doc_update_bytes,
+        m.prefill_secs,
+        kib(m.rss_per_live_doc_kib),
+        kib(m.rss_per_connection_kib),
+        m.connections,
+        m.note
+            .as_ref()
+            .map(|n| format!(" {}.", esc(n)))
+            .unwrap_or_default()
     );
 }
 
