@@ -336,16 +336,25 @@ const CLOSE_SEND: Duration = Duration::from_secs(2);
 
 /// Returns whether the close frame went out, and the sink (to put the socket back together for
 /// a lingering close).
-/// Queues one binary message, in fragments if it is large ([`fragment`]).
+/// Queues one binary message, in fragments if it is large ([`fragment`]). After a message of
+/// [`LARGE_MESSAGE`] or more, the memory its writing churned through is given back.
 async fn feed(
     sink: &mut SplitSink<ClientSocket, Message>,
     frame: Bytes,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let large = frame.len() >= LARGE_MESSAGE;
     for msg in fragment::binary(frame) {
         sink.feed(msg).await?;
     }
+    if large {
+        crate::memory::freed_a_lot();
+    }
     Ok(())
 }
+
+/// A message to a client this large (a large document's Step2) is followed by a memory
+/// collection (debounced: at most one a second, however many clients join).
+const LARGE_MESSAGE: usize = 1 << 20;
 
 async fn write_loop(
     mut sink: SplitSink<ClientSocket, Message>,

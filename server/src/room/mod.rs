@@ -192,6 +192,10 @@ impl Room {
                 return;
             }
         };
+        if tail.bytes + tail.snapshot_bytes >= 1 << 20 {
+            // Decoding a large document allocated several times its size: give that back.
+            crate::memory::freed_a_lot();
+        }
         if let Some(hub) = &env.peers {
             // Peers that have this document live too answer with whatever we lack.
             hub.offer_sync(&name, &state.state_vector());

@@ -17,6 +17,10 @@ use super::{Room, Source};
 use crate::handles::ConnId;
 use crate::store::{Append, StoreError};
 
+/// A run of updates this large (a pasted chapter, an offline client's Step2) is followed by a
+/// memory collection ([`crate::memory::freed_a_lot`]).
+const LARGE_WRITE: usize = 256 * 1024;
+
 impl Room {
     /// Applies `run` in one transaction, then stores the updates that changed the document in
     /// one write and relays them in order. Like `Room::handle`, it skips updates from a
@@ -102,6 +106,10 @@ impl Room {
             return Ok(());
         }
         self.changed();
+        if appends.iter().map(|a| a.update.len()).sum::<usize>() >= LARGE_WRITE {
+            // Decoding and judging it allocated several times its size: give that back.
+            crate::memory::freed_a_lot();
+        }
         let commit = self.env.store.append_all(appends).await?;
         if let Some(hub) = self.env.peers.as_ref().filter(|_| own > 0) {
             hub.originated(own);
