@@ -89,7 +89,7 @@ pub struct EncodedDoc {
     /// The part of `del` not in `ins`: deletions waiting for their items.
     del_unknown: IdSet,
     /// Clients whose insertions are not one range from clock 0.
-    gappy: Vec<ClientID>,
+    gappy: std::collections::BTreeSet<ClientID>,
     /// Held by every job not finished yet: while another holder exists, `full_state` keeps the
     /// tail (a job's `finish` drops exactly what it covered, by sequence number).
     jobs: Arc<()>,
@@ -120,6 +120,8 @@ pub struct MergeJob {
     /// Sequence number after the last tail entry covered.
     upto: u64,
     base_upper: StateVector,
+    /// For a GC pass: every id the parts insert and delete, which its result must still hold.
+    must_hold: Option<(IdSet, IdSet)>,
     token: Arc<()>,
 }
 
@@ -142,12 +144,17 @@ impl MergeJob {
     pub fn run(self) -> Merged {
         let state = match self.kind {
             JobKind::Merge => merge(&self.parts),
-            JobKind::Gc => materialise(&self.parts).map(|doc| {
-                Bytes::from(
-                    doc.transact()
-                        .encode_state_as_update_v1(&StateVector::default()),
-                )
-            }),
+            JobKind::Gc => materialise(&self.parts)
+                .map(|doc| {
+                    Bytes::from(
+                        doc.transact()
+                            .encode_state_as_update_v1(&StateVector::default()),
+                    )
+                })
+                .and_then(|state| match &self.must_hold {
+                    Some((ins, del)) => holds(&state, ins, del).map(|()| state),
+                    None => Ok(state),
+                }),
         };
         Merged {
             kind: self.kind,
@@ -162,6 +169,22 @@ impl MergeJob {
 impl Merged {
     pub fn kind(&self) -> JobKind {
         self.kind
+    }
+}
+
+/// Whether the v1 update `state` still inserts every id of `ins` and deletes every id of `del`.
+/// A Doc rebuilt from updates can leave some out (a block past a gap in its client's clocks, or
+/// one yrs drops from its pending update: module docs); a GC pass must then not replace the base.
+fn holds(state: &[u8], ins: &IdSet, del: &IdSet) -> Result<(), ApplyError> {
+    let update = Update::decode_v1(state).map_err(|e| ApplyError::Decode(e.to_string()))?;
+    let kept = catch_unwind(AssertUnwindSafe(|| update.insertions(true)))
+        .map_err(|_| ApplyError::Integrate("clock overflow in a rebuilt state".into()))?;
+    if is_subset(ins, &kept) && is_subset(del, update.delete_set()) {
+        Ok(())
+    } else {
+        Err(ApplyError::Integrate(
+            "a rebuilt Doc left some ids out; keeping the merged state".into(),
+        ))
     }
 }
 
@@ -221,18 +244,38 @@ fn covered(r: &Range<u32>, have: &[(Range<u32>, ())]) -> bool {
 
 /// Adds `other` to `set` range by range (keeping `set` canonical whatever `other`'s shape: decoded
 /// delete sets are kept as they came).
+///
+/// A decoded delete set keeps its ranges in wire order, and inserting them one by one into a
+/// sorted list costs a shift of the list each: a crafted update listing many ranges in descending
+/// order would cost the square of their number. Past [`FEW_RANGES`] they are sorted and merged in
+/// one linear pass instead.
 fn union_into(set: &mut IdSet, other: &IdSet) {
     for (client, ranges) in other.iter() {
-        let mut ranges = ranges.iter().filter(|r| !r.is_empty()).peekable();
-        if ranges.peek().is_none() {
+        let mut ranges: Vec<Range<u32>> =
+            ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+        if ranges.is_empty() {
             continue;
         }
         let target = set.range_mut(*client);
-        for r in ranges {
-            target.insert(r.clone());
+        if ranges.len() <= FEW_RANGES {
+            for r in ranges {
+                target.insert(r);
+            }
+        } else {
+            ranges.sort_unstable_by_key(|r| r.start);
+            // Sorted: each insertion lands at the end (or coalesces with it).
+            let mut sorted = IdSet::new();
+            let canonical = sorted.range_mut(*client);
+            for r in ranges {
+                canonical.insert(r);
+            }
+            target.merge(canonical);
         }
     }
 }
+
+/// Ranges of one client in one update that [`union_into`] inserts one by one.
+const FEW_RANGES: usize = 16;
 
 /// A v1 update with no blocks and `ds` as its delete set, encoded by yrs as it encodes an
 /// `Update` without blocks (`Update::encode_diff`): a zero client count, then the delete set.
@@ -276,7 +319,7 @@ impl EncodedDoc {
             ins: IdSet::new(),
             del: IdSet::new(),
             del_unknown: IdSet::new(),
-            gappy: Vec::new(),
+            gappy: std::collections::BTreeSet::new(),
             jobs: Arc::new(()),
         }
     }
@@ -330,20 +373,29 @@ impl EncodedDoc {
                 let r = r.as_slice();
                 r.len() == 1 && r[0].0.start == 0
             });
-            match (whole, self.gappy.iter().position(|c| c == client)) {
-                (true, Some(i)) => {
-                    self.gappy.swap_remove(i);
-                }
-                (false, None) => self.gappy.push(*client),
-                _ => {}
+            if whole {
+                self.gappy.remove(client);
+            } else {
+                self.gappy.insert(*client);
             }
         }
         if !is_subset(ds, &self.ins) {
             union_into(&mut self.del_unknown, ds);
         }
         if !self.del_unknown.is_empty() {
-            // Drops what is known now (and clients left with nothing).
-            self.del_unknown.diff_with(&self.ins);
+            // Drops what is known now, for the clients this update names (the others' are
+            // unchanged): the cost stays with the update's size.
+            let mut now_known = IdSet::new();
+            for client in ins.iter().chain(ds.iter()).map(|(c, _)| c) {
+                if self.del_unknown.get(client).is_some()
+                    && let Some(r) = self.ins.get(client)
+                {
+                    *now_known.range_mut(*client) = r.clone();
+                }
+            }
+            if !now_known.is_empty() {
+                self.del_unknown.diff_with(&now_known);
+            }
         }
     }
 
@@ -488,6 +540,7 @@ impl EncodedDoc {
             parts: self.parts(),
             upto: self.version(),
             base_upper,
+            must_hold: (kind == JobKind::Gc).then(|| (self.ins.clone(), self.del.clone())),
             token: self.jobs.clone(),
         }
     }

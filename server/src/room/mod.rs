@@ -150,6 +150,10 @@ pub struct Room {
     full_step2: Option<bytes::Bytes>,
     /// The merge of an encoded document running off this task, if any (`jobs`).
     job: Option<tokio::sync::oneshot::Receiver<concord_crdt::Merged>>,
+    /// Merges a due compaction has waited for (`compaction`).
+    merge_tries: u32,
+    /// A garbage-collecting pass is due once the running job ends (`jobs`).
+    gc_wanted: bool,
 }
 
 impl Room {
@@ -219,6 +223,8 @@ impl Room {
             lane_read: loaded_through,
             full_step2: None,
             job: None,
+            merge_tries: 0,
+            gc_wanted: false,
         };
         room.lane
             .applied
@@ -277,7 +283,13 @@ impl Room {
                     idle_since = None;
                 }
                 _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
-                merged = jobs::finished(&mut self.job) => self.job_done(merged),
+                merged = jobs::finished(&mut self.job) => {
+                    self.job_done(merged);
+                    // A compaction may have waited for this merge.
+                    if let Err(e) = self.maybe_compact(outbox, !rx.is_empty()).await {
+                        return Stop::StoreFailed(e);
+                    }
+                }
                 _ = self.lane.wake.notified() => {
                     if let Err(e) = self.read_lane().await {
                         return Stop::StoreFailed(e);

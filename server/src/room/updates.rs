@@ -59,6 +59,7 @@ impl Room {
         let mut appends = Vec::new();
         let mut then = Vec::new();
         let mut own = 0;
+        let failed = verdicts.iter().any(|v| matches!(v, Some((Err(_), _))));
         for ((source, _), verdict) in run.drain(..).zip(verdicts) {
             let Some((verdict, bytes)) = verdict else {
                 continue;
@@ -103,6 +104,10 @@ impl Room {
             }
         }
         if appends.is_empty() {
+            if failed {
+                // A live Doc may keep part of an update that failed half-way.
+                self.changed();
+            }
             return Ok(());
         }
         self.changed();
