@@ -43,6 +43,17 @@ else
   cargo test --workspace --locked
 fi
 
+# The suite above runs the server's default document mode (encoded); the tests of what users
+# rely on most (the protocol, lost updates, replication) run again with --doc-mode live.
+step "Rust tests again with --doc-mode live (protocol, lost updates, replication)"
+if cargo nextest --version >/dev/null 2>&1; then
+  CONCORD_DOC_MODE=live cargo nextest run -p concord-tests --locked --profile ci \
+    --test protocol --test lost_updates --test replication --test live_docs
+else
+  CONCORD_DOC_MODE=live cargo test -p concord-tests --locked \
+    --test protocol --test lost_updates --test replication --test live_docs
+fi
+
 # Debian packages the tests need: openssl (the Node TLS test makes its certificates with it) and
 # chromium (the browser tests). apt is chatty (and warns that debconf has no terminal to ask
 # questions on, which is harmless here), so its output goes to a log, and a line every 10 s shows
