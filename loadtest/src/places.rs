@@ -9,8 +9,9 @@
 //! keeps a reservoir sample ([`SLOTS`] of them, algorithm L) of the string characters in them:
 //! uniform over every character ever typed in the document, whatever its size. A character's
 //! place is a [`Caret`] after it: its right neighbour is the next character of the same item or,
-//! for an item's last character, the item's right origin, and the characters before it in its
-//! item (with the item's origin before those) are what a backspace deletes by id.
+//! for an item's last character, the item's right origin (or the next struct of its client, when
+//! that one was typed right after it), and the characters before it in its item (with the item's
+//! origin before those) are what a backspace deletes by id.
 //!
 //! The typist also keeps the delete sets it has seen: a sampled character deleted since is
 //! skipped by stepping left within its item to one still visible, or by drawing another. Others
@@ -26,7 +27,7 @@ use rand::Rng;
 use crate::typing::Caret;
 
 /// Characters sampled per typist: enough that jumps land all over a document, small enough for
-/// thousands of typists (about 56 KB each).
+/// thousands of typists (80 KB each).
 pub const SLOTS: usize = 1024;
 
 /// Draws before a jump gives up (every one deleted, or not integrated yet).
@@ -48,6 +49,8 @@ pub enum PlacesError {
     Malformed(#[from] read::Error),
     #[error("an item of content kind {0}, which the load test's text never holds")]
     Content(u8),
+    #[error("clocks beyond 2^32")]
+    Clock,
 }
 
 /// The sample of characters, and the characters known to be deleted.
@@ -129,7 +132,7 @@ impl Places {
                         right,
                     });
                 }
-                clock = clock.saturating_add(len);
+                clock = clock.checked_add(len).ok_or(PlacesError::Clock)?;
             }
             if let Some(prev) = last {
                 self.offer(prev, None, rng);
@@ -432,6 +435,36 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_step2_in_encoded_form_is_read_whole() {
+        // A pre-filled document typed into with deletions, held by a server in encoded form:
+        // its full state (a fresh editor's Step2) and a diff (a reconnecting one's) are merges
+        // and diffs of updates, not a Doc's encoding.
+        let base = concord_crdt::sample::typed_document("t", 20_000, 2);
+        let typed = crate::typing::tests::type_concurrently(&base, 3, 600);
+        let later = full_state(&typed[0]);
+        let mut server =
+            concord_crdt::EncodedDoc::load([base.as_slice(), later.as_slice()]).unwrap();
+        let step2 = server.full_state();
+        let before = Update::decode_v1(&base).unwrap().state_vector();
+        let diff = server.diff(&before);
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut places = learnt(&step2);
+        places.learn(&diff, &mut rng).unwrap();
+        let fresh = Doc::with_client_id(9);
+        fresh
+            .transact_mut()
+            .apply_update(Update::decode_v1(&step2).unwrap())
+            .unwrap();
+        assert_eq!(text(&fresh), text(&typed[0]));
+        let txn = fresh.transact();
+        let deleted = txn.snapshot().delete_set;
+        for _ in 0..200 {
+            let caret = places.pick(&txn.state_vector(), &mut rng).unwrap();
+            assert!(!deleted.contains(&caret.left.unwrap()));
+        }
+    }
+
+    #[test]
     fn places_in_updates_not_integrated_yet_are_not_jumped_to() {
         // Client 2's word depends on client 1's, which this replica has not received.
         let doc = Doc::with_client_id(1);
@@ -475,6 +508,11 @@ mod tests {
         assert!(matches!(
             places.learn(&[3, 200, 1], &mut rng),
             Err(PlacesError::Malformed(_))
+        ));
+        let beyond = crate::typing::encode_insert(5, u32::MAX - 1, Some(id(1, 0)), None, "abc");
+        assert!(matches!(
+            places.learn(&beyond, &mut rng),
+            Err(PlacesError::Clock)
         ));
         assert!(places.slots.is_empty());
     }
