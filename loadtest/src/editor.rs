@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::dial::Dialer;
+use crate::places::Places;
 use crate::stats::{Local, Stats, UpdateKey};
 use crate::trace::Agent;
 use crate::typing::{self, Caret};
@@ -77,6 +78,8 @@ pub struct Editor {
     /// Held by the ids either side of it, so that typing there needs no walk of the text
     /// ([`crate::typing`]).
     pub cursor: std::sync::Mutex<Option<Caret>>,
+    /// Where random typing can jump to, learnt from the updates received ([`crate::places`]).
+    pub places: std::sync::Mutex<Places>,
 }
 
 /// Longest a received update waits to be applied while the run writes (see the module doc).
@@ -242,8 +245,8 @@ impl Editor {
                     replies.push(encode::sync_step2(&diff));
                 }
                 ClientMessage::SyncStep2(u) => {
+                    self.learn(&u.bytes);
                     let _ = self.doc.transact_mut().apply_update(u.decoded);
-                    self.place_caret();
                     if !self.synced.swap(true, Ordering::Relaxed) {
                         stats.synced.fetch_add(1, Ordering::Relaxed);
                     }
@@ -258,6 +261,7 @@ impl Editor {
                     {
                         stats.received((client, clock), self.region, self.id, local);
                     }
+                    self.learn(&u.bytes);
                     match defer.as_deref_mut() {
                         Some(pending) => pending.push(u.decoded),
                         None => {
@@ -271,19 +275,12 @@ impl Editor {
         replies
     }
 
-    /// Puts a random typist's caret at a random place once it holds the document: finding a
-    /// place by index walks the text, which in a large document is better done while connecting
-    /// than in every editor's first keystroke of the measured run.
-    fn place_caret(&self) {
-        if !self.writes || !matches!(self.workload, Workload::Random { .. }) {
-            return;
-        }
-        let mut cursor = self.cursor.lock().unwrap();
-        if cursor.is_none() {
-            let txn = self.doc.transact();
-            if let Some(text) = txn.get_text(TEXT) {
-                *cursor = Some(Caret::random(&text, &txn, &mut rand::rng()));
-            }
+    /// A random typist learns the places it can jump to from each update it receives (its own
+    /// echoed back included), without walking the text. An update it cannot read (content a
+    /// typed text never holds) only teaches it nothing.
+    fn learn(&self, update: &[u8]) {
+        if self.writes && matches!(self.workload, Workload::Random { .. }) {
+            let _ = self.places.lock().unwrap().learn(update, &mut rand::rng());
         }
     }
 
@@ -300,6 +297,7 @@ impl Editor {
                     &text,
                     &mut txn,
                     *cursor,
+                    &mut self.places.lock().unwrap(),
                     &mut rand::rng(),
                 ));
             }

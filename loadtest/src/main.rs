@@ -28,6 +28,7 @@ mod dial;
 mod editor;
 mod memory;
 mod network;
+mod places;
 mod prefill;
 mod procstat;
 mod replication_cost;
@@ -339,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
                 writes: e < writers,
                 synced: Default::default(),
                 cursor: Default::default(),
+                places: Default::default(),
             };
             next_id += 1;
             replicas.push((d, region, doc));
