@@ -34,10 +34,10 @@ const dir = mkdtempSync(path.join(tmpdir(), 'concord-stall-'))
 const server = spawn(opts.bin, [
   '--listen', '127.0.0.1:0', '--data-dir', dir, '--doc-mode', opts.mode,
   '--compact-after-updates', '500', '--compact-after-bytes', '65536'
-], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'info,concord_server::room::compaction=debug' } })
+], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: process.env.STALL_LOG || 'info,concord_server::room::compaction=debug' } })
 let log = ''
 const base = await new Promise((resolve, reject) => {
-  server.stderr.on('data', (d) => {
+  server.stdout.on('data', (d) => {
     log += d
     const m = /listening addr=(\S+)/.exec(log)
     if (m) resolve(m[1])
@@ -96,10 +96,12 @@ try {
   latencies.sort((a, b) => a - b)
   const at = (q) => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))].toFixed(1)
   const status = await (await fetch(`http://${base}/api/status`)).json()
-  const compactions = (log.match(/compacted/g) || []).length
+  const took = [...log.matchAll(/compacted.*?took=(\S+)/g)].map((m) => m[1])
+  const compactions = took.length
   console.log(`mode ${opts.mode}: ${latencies.length} of ${updates} edits back (${sent.size} missing), ` +
-    `p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, max ${at(1)} ms; ${compactions} compactions, ` +
+    `p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, max ${at(1)} ms; ${compactions} compactions (${took.join(', ')}), ` +
     `longest_compaction_ms ${status.longest_compaction_ms}`)
+  if (process.env.STALL_LOG) console.log(log.split('\n').filter((l) => /compact|merge job/.test(l)).join('\n'))
   writer.close()
   reader.close()
   if (sent.size > 0) process.exitCode = 1

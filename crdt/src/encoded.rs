@@ -568,6 +568,16 @@ impl EncodedDoc {
         true
     }
 
+    /// The merged update everything before the tail is in (cheap: shared bytes).
+    pub fn base(&self) -> Bytes {
+        self.base.clone()
+    }
+
+    /// Bytes of the updates in the tail.
+    pub fn tail_bytes(&self) -> usize {
+        self.tail_bytes
+    }
+
     /// Number of updates in the tail.
     pub fn tail_len(&self) -> usize {
         self.tail.len()

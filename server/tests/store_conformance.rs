@@ -54,7 +54,7 @@ async fn append(store: &SharedStore, doc: &str, update: &[u8]) -> Seq {
 
 async fn compact(store: &SharedStore, doc: &str, snapshot: Vec<u8>) -> Seq {
     store
-        .compact(&name(doc), snapshot)
+        .compact(&name(doc), snapshot, None)
         .await
         .unwrap()
         .await
@@ -161,7 +161,7 @@ mod cases {
         append(&store, "e", &edit(&e, "1")).await;
         append(&store, "d", &edit(&d, "2")).await;
         let snapshot = d.transact().encode_state_as_update_v1(&Default::default());
-        let commit = store.compact(&name("d"), snapshot).await.unwrap();
+        let commit = store.compact(&name("d"), snapshot, None).await.unwrap();
         // Queued after the compaction: not covered by it, so a load still returns it.
         let after = edit(&d, "3");
         let later = store.append(entry("d", &after)).await.unwrap();
@@ -174,6 +174,62 @@ mod cases {
         let stored = store.load(&name("d")).await.unwrap().unwrap();
         assert_eq!(stored.updates, vec![after]);
         assert_eq!(stored_text(&store, "d").await, "321");
+    }
+
+    /// A room merging off its task takes a sequence point, keeps accepting updates, and compacts
+    /// through the point with the merge: the entries after it stay the log a load reads.
+    pub async fn compaction_through_a_sequence_point_keeps_what_came_after_it(store: SharedStore) {
+        let (d, e) = (Doc::new(), Doc::new());
+        append(&store, "d", &edit(&d, "1")).await;
+        append(&store, "e", &edit(&e, "1")).await;
+        append(&store, "d", &edit(&d, "2")).await;
+        let point = store
+            .sequence_point()
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(point, 3, "the last sequence queued before it");
+        let snapshot = d.transact().encode_state_as_update_v1(&Default::default());
+        let after = edit(&d, "3");
+        assert_eq!(append(&store, "d", &after).await, 4);
+        let covered = store
+            .compact(&name("d"), snapshot, Some(point))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(covered, 3);
+        let stored = store.load(&name("d")).await.unwrap().unwrap();
+        assert_eq!(
+            stored.updates,
+            vec![after],
+            "entry 4 is not in the snapshot: it stays"
+        );
+        assert_eq!(stored_text(&store, "d").await, "321");
+        // A through above the document's last entry covers what is there.
+        let snapshot = d.transact().encode_state_as_update_v1(&Default::default());
+        assert_eq!(
+            store
+                .compact(&name("d"), snapshot, Some(100))
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap(),
+            4
+        );
+        assert!(
+            store
+                .load(&name("d"))
+                .await
+                .unwrap()
+                .unwrap()
+                .updates
+                .is_empty()
+        );
     }
 
     pub async fn without_peers_compaction_removes_the_covered_entries_from_the_log(
@@ -418,7 +474,7 @@ mod cases {
         let closed = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Closed));
         assert!(closed(store.append(entry("a", &edit(&client, "y"))).await));
         assert!(closed(store.append_all(vec![entry("a", b"z")]).await));
-        assert!(closed(store.compact(&name("a"), vec![0, 0]).await));
+        assert!(closed(store.compact(&name("a"), vec![0, 0], None).await));
         assert!(closed(store.set_peer_cursor(&node("p"), 1).await));
         // Closing twice is harmless.
         store.close().await;
@@ -485,6 +541,7 @@ conformance!(
     a_document_never_written_loads_as_none,
     a_load_is_the_snapshot_then_the_entries_after_it_in_order,
     compaction_covers_exactly_the_appends_made_before_it,
+    compaction_through_a_sequence_point_keeps_what_came_after_it,
     without_peers_compaction_removes_the_covered_entries_from_the_log,
     compaction_keeps_the_entries_a_known_peer_has_not_acknowledged,
     read_log_pages_from_after_up_to_limit_with_what_was_appended,

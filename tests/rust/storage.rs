@@ -178,6 +178,41 @@ async fn compaction_replaces_the_log_with_a_snapshot_and_round_trips() {
     assert_eq!(c.text("t"), "ab".repeat(205));
 }
 
+/// An encoded document's compaction merges it off the room's task while updates keep coming,
+/// and stores the merge as the snapshot of the log only up to where the merge began: what arrived
+/// during it stays in the log. A restart then serves everything the server relayed. (Compacting
+/// the whole log with that snapshot loses the updates accepted during each merge.)
+#[tokio::test]
+async fn updates_accepted_while_a_compaction_merges_survive_a_restart() {
+    let mut server = Server::start(&[
+        "--doc-mode",
+        "encoded",
+        "--compact-after-updates",
+        "40",
+        "--compact-after-bytes",
+        "2048",
+    ])
+    .await;
+    let doc = "merging";
+    // Words typed at random places: enough items that each merge takes a while.
+    let sample = concord_crdt::sample::typed_document("t", 100_000, 7);
+    let seed = YClient::connect(&server.ws_url(doc)).await;
+    let frame = concord_crdt::encode::update(&sample);
+    seed.send(frame.clone());
+    let relayed = seed.wait_for(WAIT, |s| s.echoed(&frame)).await;
+    assert!(relayed.is_ok(), "the sample document was not relayed");
+    let c = write(&server, doc, 600, "ab").await;
+    let expected = c.text("t");
+    assert!(expected.len() > 100_000);
+    let status: serde_json::Value =
+        serde_json::from_slice(&http_get(&server.http_url("/api/status")).await.1).unwrap();
+    drop((seed, c));
+
+    server.restart().await;
+    let fresh = YClient::connect(&server.ws_url(doc)).await;
+    assert_eq!(fresh.text("t"), expected, "after a restart ({status})");
+}
+
 #[tokio::test]
 async fn read_api_serves_live_and_stored_documents_and_404s_unknown_ones() {
     // Debug logging: the room logs its eviction, which this test must see happen.

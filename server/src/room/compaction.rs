@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::debug;
 
+use concord_crdt::DocMode;
+
 use super::outbox::Outbox;
 use super::{Room, RoomConfig};
 use crate::store::{LogTail, StoreError};
@@ -21,10 +23,6 @@ static LONGEST_MS: AtomicU64 = AtomicU64::new(0);
 pub fn longest_compaction_ms() -> u64 {
     LONGEST_MS.load(Ordering::Relaxed)
 }
-
-/// How many merges off the room's task a compaction waits for, each time finding updates that
-/// arrived during the merge, before it merges on the room's task after all.
-const MERGE_TRIES: u32 = 4;
 
 /// How far past its compaction threshold a room with messages waiting lets its log grow before
 /// it compacts anyway.
@@ -48,26 +46,10 @@ fn due(tail: LogTail, cfg: &RoomConfig, busy: bool) -> bool {
 }
 
 impl Room {
-    /// In encoded mode the snapshot is the merged document, and merging decodes all of it (35 ms
-    /// for a 500 KB text): a room merges off its task first ([`Room::merge_now`]) and compacts
-    /// when a merge leaves nothing unmerged. Returns whether compaction waits for that. Updates
-    /// that keep arriving during every merge ([`MERGE_TRIES`]) are merged here after all.
-    fn merge_first(&mut self) -> bool {
-        let Some(tail) = self.state.encoded().map(|e| e.tail_len()) else {
-            return false;
-        };
-        if tail == 0 || self.merge_tries >= MERGE_TRIES {
-            return false;
-        }
-        if self.merge_now() {
-            self.merge_tries += 1;
-        }
-        true
-    }
-
-    /// Compacts if [`due`]. The store writes in order, so the snapshot covers exactly the
-    /// updates appended so far; it waits while the room has not read everything a link wrote
-    /// for it (`lane`).
+    /// Compacts if [`due`]. A live document encodes its snapshot here: the store writes in order,
+    /// so it covers exactly the updates appended so far, and it waits while the room has not
+    /// read everything a link wrote for it (`lane`). An encoded document's snapshot is its merged
+    /// form, which takes decoding all of it: that runs off this task ([`Room::compact_merged`]).
     pub(super) async fn maybe_compact(
         &mut self,
         outbox: &mut Outbox,
@@ -77,8 +59,8 @@ impl Room {
         if !due(tail, &self.env.config, busy) {
             return Ok(());
         }
-        if self.merge_first() {
-            return Ok(());
+        if self.state.mode() == DocMode::Encoded {
+            return self.start_merge_for_compaction().await;
         }
         if !self.lane.begin_compaction(self.lane_read) {
             return Ok(());
@@ -86,22 +68,94 @@ impl Room {
         let started = std::time::Instant::now();
         let snapshot = self.state.full_state();
         let snapshot_bytes = snapshot.len() as u64;
-        let queued = self.env.store.compact(&self.name, snapshot).await;
+        let queued = self.env.store.compact(&self.name, snapshot, None).await;
         self.lane.end_compaction();
         let commit = queued?;
+        self.compacted(started, tail, snapshot_bytes, LogTail::default());
+        outbox.push(commit, Vec::new());
+        Ok(())
+    }
+
+    /// Encoded mode: marks the log's position (a sequence point, queued with the same care for
+    /// the lane as a snapshot), then merges off this task. Everything the room accepted so far
+    /// was queued before the point and is in the merge; what it accepts meanwhile comes after
+    /// both, and stays in the log ([`Room::compact_merged`]).
+    async fn start_merge_for_compaction(&mut self) -> Result<(), StoreError> {
+        if self.job.is_some() || self.compaction_point.is_some() {
+            return Ok(()); // asked again when the running job ends
+        }
+        if !self.lane.begin_compaction(self.lane_read) {
+            return Ok(());
+        }
+        let point = self.env.store.sequence_point().await;
+        self.lane.end_compaction();
+        self.compaction_point = Some(point?);
+        self.merge_now();
+        Ok(())
+    }
+
+    /// The merge a compaction waited for is done (`swapped`: it is the document's merged form
+    /// now): stores it as the snapshot of the log through the sequence point taken before it.
+    pub(super) async fn compact_merged(
+        &mut self,
+        outbox: &mut Outbox,
+        swapped: bool,
+    ) -> Result<(), StoreError> {
+        let Some(point) = self.compaction_point.take() else {
+            return Ok(());
+        };
+        if !swapped {
+            // Tried again when due again; meanwhile what the job's end would have started.
+            if self.gc_wanted {
+                self.start_gc();
+            }
+            self.maybe_merge();
+            return Ok(());
+        }
+        // Queued before the merge started: resolved by now, or within a commit.
+        let through = point.await.map_err(|_| StoreError::Closed)??;
+        let started = std::time::Instant::now();
+        let Some(e) = self.state.encoded() else {
+            return Ok(());
+        };
+        let (snapshot, after) = (
+            e.base(),
+            LogTail {
+                entries: e.tail_len() as u64,
+                bytes: e.tail_bytes() as u64,
+                snapshot_bytes: 0,
+            },
+        );
+        let snapshot_bytes = snapshot.len() as u64;
+        let commit = self
+            .env
+            .store
+            .compact(&self.name, snapshot.to_vec(), Some(through))
+            .await?;
+        let tail = self.tail;
+        self.compacted(started, tail, snapshot_bytes, after);
+        outbox.push(commit, Vec::new());
+        Ok(())
+    }
+
+    /// Bookkeeping after a snapshot was queued: the log left is `after`.
+    fn compacted(
+        &mut self,
+        started: std::time::Instant,
+        tail: LogTail,
+        snapshot_bytes: u64,
+        after: LogTail,
+    ) {
         let took = started.elapsed();
         LONGEST_MS.fetch_max(took.as_millis() as u64, Ordering::Relaxed);
         debug!(doc = %self.name, entries = tail.entries, bytes = tail.bytes, snapshot_bytes, ?took, "compacted");
-        outbox.push(commit, Vec::new());
         self.tail = LogTail {
             snapshot_bytes,
-            ..LogTail::default()
+            ..after
         };
-        self.merge_tries = 0;
         // An encoded document keeps deleted text until a Doc rebuilds it: do that now, off this
         // task, so the next snapshot (and every fresh client's Step2) leaves it out.
         self.start_gc();
-        Ok(())
     }
 }
 

@@ -87,13 +87,14 @@ impl Room {
         self.job = Some(rx);
     }
 
-    /// A job's result: swapped in as the new base.
-    pub(super) fn job_done(&mut self, merged: Option<Merged>) {
+    /// A job's result: swapped in as the new base. Returns whether it was.
+    pub(super) fn job_done(&mut self, merged: Option<Merged>) -> bool {
         self.job = None;
-        let Some(merged) = merged else { return };
+        let Some(merged) = merged else { return false };
         let kind = merged.kind();
+        let mut swapped = false;
         if let Some(e) = self.state.encoded() {
-            let swapped = e.finish(merged);
+            swapped = e.finish(merged);
             debug!(doc = %self.name, ?kind, swapped, tail = e.tail_len(), "merge job done");
             if swapped && kind == JobKind::Gc {
                 // Same document, without its deleted text: fresh clients get the smaller one.
@@ -102,10 +103,14 @@ impl Room {
         }
         // The job decoded the whole document: give that memory back.
         crate::memory::freed_a_lot();
-        if self.gc_wanted {
-            self.start_gc();
+        if self.compaction_point.is_none() {
+            // (A compaction waiting for this merge stores it first, then starts the GC pass.)
+            if self.gc_wanted {
+                self.start_gc();
+            }
+            self.maybe_merge();
         }
-        self.maybe_merge();
+        swapped
     }
 }
 

@@ -150,8 +150,9 @@ pub struct Room {
     full_step2: Option<bytes::Bytes>,
     /// The merge of an encoded document running off this task, if any (`jobs`).
     job: Option<tokio::sync::oneshot::Receiver<concord_crdt::Merged>>,
-    /// Merges a due compaction has waited for (`compaction`).
-    merge_tries: u32,
+    /// The log position an encoded document's compaction covers, taken when the merge it waits
+    /// for started (`compaction`).
+    compaction_point: Option<crate::store::Commit>,
     /// A garbage-collecting pass is due once the running job ends (`jobs`).
     gc_wanted: bool,
 }
@@ -223,7 +224,7 @@ impl Room {
             lane_read: loaded_through,
             full_step2: None,
             job: None,
-            merge_tries: 0,
+            compaction_point: None,
             gc_wanted: false,
         };
         room.lane
@@ -284,8 +285,11 @@ impl Room {
                 }
                 _ = sleep_until_opt(self.repair_due) => self.repair_gaps(),
                 merged = jobs::finished(&mut self.job) => {
-                    self.job_done(merged);
-                    // A compaction may have waited for this merge.
+                    let swapped = self.job_done(merged);
+                    // A compaction may have waited for this merge, or for any job to end.
+                    if let Err(e) = self.compact_merged(outbox, swapped).await {
+                        return Stop::StoreFailed(e);
+                    }
                     if let Err(e) = self.maybe_compact(outbox, !rx.is_empty()).await {
                         return Stop::StoreFailed(e);
                     }

@@ -149,9 +149,18 @@ impl Store for HeldStore {
         Ok(self.hold(inner))
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
-        let inner = self.inner.compact(doc, snapshot).await?;
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        through: Option<Seq>,
+    ) -> Result<Commit, StoreError> {
+        let inner = self.inner.compact(doc, snapshot, through).await?;
         Ok(self.hold(inner))
+    }
+
+    async fn sequence_point(&self) -> Result<Commit, StoreError> {
+        self.inner.sequence_point().await
     }
 
     async fn read_doc_log(

@@ -174,14 +174,19 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        through: Option<Seq>,
+    ) -> Result<Commit, StoreError> {
         self.write(|inner| {
             let retain_above = inner.min_acked();
             let row = inner.doc_mut(doc);
-            let covered = row.last_seq;
+            let covered = through.map_or(row.last_seq, |t| t.min(row.last_seq));
             row.snapshot = Some(snapshot);
             row.snapshot_seq = row.snapshot_seq.max(covered);
-            row.tail.clear();
+            row.tail = row.tail.split_off(&(covered + 1));
             // Entries some peer has not acknowledged stay in the log for replication.
             let delete_upto = retain_above.map_or(covered, |r| r.min(covered));
             let gone: Vec<Seq> = inner
@@ -195,6 +200,10 @@ impl Store for MemoryStore {
             }
             covered
         })
+    }
+
+    async fn sequence_point(&self) -> Result<Commit, StoreError> {
+        self.write(|inner| inner.last_seq)
     }
 
     async fn read_doc_log(
@@ -388,7 +397,7 @@ mod tests {
             .await
             .unwrap();
         let covered = store
-            .compact(&name("d"), reference.full_state())
+            .compact(&name("d"), reference.full_state(), None)
             .await
             .unwrap()
             .await
@@ -465,7 +474,7 @@ mod tests {
         let peer = NodeId::parse("p").unwrap();
         store.set_peer_cursor(&peer, 2).await.unwrap();
         store
-            .compact(&name("d"), reference.full_state())
+            .compact(&name("d"), reference.full_state(), None)
             .await
             .unwrap();
         // 1 and 2 are gone (the peer has them); 3 and 4 wait for it.

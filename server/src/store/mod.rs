@@ -270,7 +270,21 @@ pub trait Store: Send + Sync + 'static {
     /// every update appended for `doc` before this call (a room compacts only once it has read
     /// what links wrote for it, see [`crate::handles::Lane`]). Entries a peer has not
     /// acknowledged stay in the log (for replication) but are no longer read on load.
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError>;
+    ///
+    /// With `through`, only the entries up to that sequence are replaced (the snapshot contains
+    /// those, made from a [`Store::sequence_point`] taken earlier); later ones stay the log a
+    /// load reads after the snapshot.
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        through: Option<Seq>,
+    ) -> Result<Commit, StoreError>;
+
+    /// Queues a mark: its commit resolves with the last sequence handed out to writes queued
+    /// before it (and every write queued after it gets a higher one). A room takes one when it
+    /// starts merging its document off its task, then compacts through it.
+    async fn sequence_point(&self) -> Result<Commit, StoreError>;
 
     /// Up to `limit` log entries of `doc` above `after`, in order, with their sequences: what a
     /// live room catches up with when updates were written to the log for it

@@ -21,14 +21,20 @@ const LOG_GC_PERIOD: Duration = Duration::from_secs(10);
 pub(super) const RELAY_RETAIN: Duration = Duration::from_secs(30);
 
 impl Writer {
-    /// Replaces the log entries of `doc_id` so far with `snapshot`. Entries that some peer has
+    /// Replaces the log entries of `doc_id` so far (up to `through`, if given) with `snapshot`. Entries that some peer has
     /// not acknowledged are kept for replication; `snapshot_seq` marks them as covered.
-    pub(super) fn compact(&mut self, doc_id: i64, snapshot: &[u8]) -> Result<Seq, StoreError> {
+    pub(super) fn compact(
+        &mut self,
+        doc_id: i64,
+        snapshot: &[u8],
+        through: Option<Seq>,
+    ) -> Result<Seq, StoreError> {
         let covered: Option<i64> = self
             .conn
             .prepare_cached("SELECT MAX(seq) FROM log WHERE doc_id = ?1")?
             .query_row([doc_id], |r| r.get(0))?;
         let covered = covered.unwrap_or(0);
+        let covered = through.map_or(covered, |t| covered.min(t as i64));
         self.conn
             .prepare_cached(
                 "UPDATE docs SET snapshot = ?2, snapshot_seq = MAX(snapshot_seq, ?3), snapshot_crc = ?4 WHERE id = ?1",

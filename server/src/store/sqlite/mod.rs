@@ -210,14 +210,24 @@ impl Store for SqliteStore {
         self.submit(|done| Op::Append { entries, done }).await
     }
 
-    async fn compact(&self, doc: &DocName, snapshot: Vec<u8>) -> Result<Commit, StoreError> {
+    async fn compact(
+        &self,
+        doc: &DocName,
+        snapshot: Vec<u8>,
+        through: Option<Seq>,
+    ) -> Result<Commit, StoreError> {
         let doc = doc.clone();
         self.submit(|done| Op::Compact {
             doc,
             snapshot,
+            through,
             done,
         })
         .await
+    }
+
+    async fn sequence_point(&self) -> Result<Commit, StoreError> {
+        self.submit(|done| Op::Point { done }).await
     }
 
     async fn close(&self) {

@@ -42,7 +42,7 @@ async fn sequence_numbers_grow_across_restarts_and_compaction() {
         assert_eq!(append(&store, "a", edit(&client, 0, "x")).await, 1);
         assert_eq!(append(&store, "b", edit(&client, 0, "y")).await, 2);
         let covered = store
-            .compact(&name("b"), vec![0, 0])
+            .compact(&name("b"), vec![0, 0], None)
             .await
             .unwrap()
             .await
@@ -142,7 +142,7 @@ async fn compact_after_five(
         .unwrap();
     let state = DocState::load(store.load(&name("d")).await.unwrap().unwrap().parts()).unwrap();
     store
-        .compact(&name("d"), state.full_state())
+        .compact(&name("d"), state.full_state(), None)
         .await
         .unwrap()
         .await
@@ -331,7 +331,7 @@ proptest! {
                 reference.apply_update(concord_crdt::IncomingUpdate::decode(&u).unwrap()).unwrap();
                 append(&store, "p", u).await;
                 if compact {
-                    store.compact(&name("p"), reference.full_state()).await.unwrap().await.unwrap().unwrap();
+                    store.compact(&name("p"), reference.full_state(), None).await.unwrap().await.unwrap().unwrap();
                 }
             }
             store.close().await;

@@ -35,6 +35,12 @@ pub(super) enum Op {
     Compact {
         doc: DocName,
         snapshot: Vec<u8>,
+        /// Replace only the entries up to this sequence (`Store::compact`).
+        through: Option<Seq>,
+        done: oneshot::Sender<Result<Seq, StoreError>>,
+    },
+    /// The last sequence handed out so far (`Store::sequence_point`).
+    Point {
         done: oneshot::Sender<Result<Seq, StoreError>>,
     },
     Cursor {
@@ -268,10 +274,16 @@ impl Writer {
                     }
                     seqs.push(self.next_seq - 1);
                 }
-                Op::Compact { doc, snapshot, .. } => {
+                Op::Compact {
+                    doc,
+                    snapshot,
+                    through,
+                    ..
+                } => {
                     let doc_id = self.doc_id(doc, new_docs)?;
-                    seqs.push(self.compact(doc_id, snapshot)?);
+                    seqs.push(self.compact(doc_id, snapshot, *through)?);
                 }
+                Op::Point { .. } => seqs.push(self.next_seq - 1),
                 Op::Cursor {
                     peer, seq, reset, ..
                 } => {
@@ -317,7 +329,8 @@ fn done_of(op: Op) -> Option<oneshot::Sender<Result<Seq, StoreError>>> {
         | Op::Compact { done, .. }
         | Op::Cursor { done, .. }
         | Op::Received { done, .. }
-        | Op::Peer { done, .. } => Some(done),
+        | Op::Peer { done, .. }
+        | Op::Point { done } => Some(done),
         Op::Close => None,
     }
 }
