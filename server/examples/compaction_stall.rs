@@ -66,7 +66,7 @@ async fn main() {
             .unwrap();
         let started = Instant::now();
         let compaction = store
-            .compact(&DocName::parse("big").unwrap(), snapshot.clone())
+            .compact(&DocName::parse("big").unwrap(), snapshot.clone(), None)
             .await
             .unwrap();
         let behind = timed_append(&store, entry("other", 100)).await;
