@@ -334,8 +334,6 @@ async fn send_close(sink: &mut SplitSink<ClientSocket, Message>, control: &Contr
 /// How long a close frame may take to leave: a client that stopped reading never takes it.
 const CLOSE_SEND: Duration = Duration::from_secs(2);
 
-/// Returns whether the close frame went out, and the sink (to put the socket back together for
-/// a lingering close).
 /// Queues one binary message, in fragments if it is large ([`fragment`]). After a message of
 /// [`LARGE_MESSAGE`] or more, the memory its writing churned through is given back.
 async fn feed(
@@ -356,6 +354,8 @@ async fn feed(
 /// collection (debounced: at most one a second, however many clients join).
 const LARGE_MESSAGE: usize = 1 << 20;
 
+/// Returns whether the close frame went out, and the sink (to put the socket back together for
+/// a lingering close).
 async fn write_loop(
     mut sink: SplitSink<ClientSocket, Message>,
     mut rx: mpsc::Receiver<Bytes>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use concord_crdt::encode;
 use concord_crdt::yrs::StateVector;
-use concord_tests::{Server, YClient, http_get};
+use concord_tests::{Server, WAIT, YClient, http_get};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -83,6 +83,42 @@ async fn updates_are_echoed_to_their_sender() {
     a.append("t", "x");
     a.wait(|s| s.frames.iter().any(|f| f.starts_with(&[0, 2])))
         .await;
+}
+
+/// Fresh clients of one version of a document share one encoding of it (`full_states_encoded`
+/// in `/api/status`), and an edit makes the next fresh client get a new one: never the cached,
+/// older document.
+#[tokio::test]
+async fn fresh_clients_share_one_encoding_per_version_and_never_get_an_older_one() {
+    let server = Server::start(&[]).await;
+    let url = server.ws_url("cached");
+    let encoded = || async {
+        let (_, body) = http_get(&server.http_url("/api/status")).await;
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        status["full_states_encoded"].as_u64().unwrap()
+    };
+    let a = YClient::connect(&url).await;
+    let sent = a.append_sent("t", "one");
+    assert!(a.wait_for(WAIT, |s| s.echoed(&sent)).await.is_ok());
+    let b = YClient::connect(&url).await;
+    assert_eq!(b.text("t"), "one");
+    let after_b = encoded().await;
+    let c = YClient::connect(&url).await;
+    assert_eq!(c.text("t"), "one");
+    assert_eq!(
+        encoded().await,
+        after_b,
+        "the same version was encoded again"
+    );
+    let sent = b.append_sent("t", " two");
+    assert!(b.wait_for(WAIT, |s| s.echoed(&sent)).await.is_ok());
+    let d = YClient::connect(&url).await;
+    assert_eq!(
+        d.text("t"),
+        "one two",
+        "a fresh client got the document before the edit"
+    );
+    assert_eq!(encoded().await, after_b + 1);
 }
 
 #[tokio::test]
