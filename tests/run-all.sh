@@ -54,13 +54,14 @@ else
     --test protocol --test lost_updates --test replication --test live_docs
 fi
 
-# Debian packages the tests need: openssl (the Node TLS test makes its certificates with it) and
-# chromium (the browser tests). apt is chatty (and warns that debconf has no terminal to ask
-# questions on, which is harmless here), so its output goes to a log, and a line every 10 s shows
-# it is still working.
+# Debian packages the tests need: openssl (the Node TLS test makes its certificates with it),
+# chromium (the browser tests) and prometheus (its promtool checks the alerting rules in ops/).
+# apt is chatty (and warns that debconf has no terminal to ask questions on, which is harmless
+# here), so its output goes to a log, and a line every 10 s shows it is still working.
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ -z "${CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then need+=(chromium); fi
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   step "install Debian packages: ${need[*]} (about 30 s, only the first time)"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -69,6 +70,11 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive sh -c \
     "apt-get update -q && apt-get install -y -q ${need[*]}"
 fi
+
+step "alerting rules and the example Prometheus config (promtool)"
+promtool check rules ops/alerts.yml
+promtool test rules ops/alerts.test.yml
+promtool check config ops/prometheus.yml
 
 step "real Yjs client tests (Node)"
 (cd tests/node && npm ci --no-audit --no-fund && npm test)
