@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServeArgs;
 use crate::registry::Registry;
 use crate::replication::Replication;
-use crate::{auth, limits};
+use crate::{auth, limits, metrics};
 
 /// Shared server state, handed to every route and connection.
 pub struct App {
@@ -29,4 +29,6 @@ pub struct App {
     pub gate: auth::Gate,
     /// Places for client connections under `--max-connections` and `--max-connections-per-ip`.
     pub admission: Arc<limits::Admission>,
+    /// This node's Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }

@@ -206,6 +206,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Also serve `GET /metrics` (Prometheus) on this address, plain HTTP and without any
+    /// authentication, for a scraper inside the network (`/metrics` on --listen needs an admin
+    /// token when auth is on).
+    #[arg(long, env = "CONCORD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub auth: AuthArgs,
 

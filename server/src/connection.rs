@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::close_code;
 use bytes::Bytes;
-use concord_crdt::{ClientMessage, DocName, decode_frame, encode};
+use concord_crdt::{ClientMessage, DecodeError, DocName, decode_frame, encode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -35,6 +35,7 @@ use crate::fragment;
 use crate::handles::{ClientHandle, ConnId, JoinError, RoomMsg};
 use crate::limits::DocSlot;
 use crate::linger::{self, DRAIN_MAX_BYTES};
+use crate::metrics::{Metrics, Source, Verdict};
 use crate::upgrade::ClientSocket;
 
 /// Serves one upgraded socket until it closes. `slot`: the document's place under
@@ -49,11 +50,19 @@ pub async fn serve(
 ) {
     let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
     app.connections.fetch_add(1, Ordering::Relaxed);
+    app.metrics.connections_open.inc();
     let control = Arc::new(Control::new(app.shutdown.child_token()));
     let (out_tx, out_rx) = mpsc::channel(app.config.send_queue);
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(
-        write_loop(sink, out_rx, control.clone(), app.config.ping_interval).in_current_span(),
+        write_loop(
+            sink,
+            out_rx,
+            control.clone(),
+            app.config.ping_interval,
+            app.metrics.clone(),
+        )
+        .in_current_span(),
     );
     control.seen();
     debug!(%doc, %peer, id, "connected");
@@ -79,6 +88,7 @@ pub async fn serve(
                 control: &control,
                 grant: &grant,
                 out: &_keep_queue_open,
+                metrics: &app.metrics,
             };
             framing_failed = reader.run(&mut stream).await == ReadEnd::FramingFailed;
             // Tell the room even when the reader ended because the room is gone: harmless.
@@ -122,6 +132,14 @@ pub async fn serve(
         _ => {}
     }
     app.connections.fetch_sub(1, Ordering::Relaxed);
+    app.metrics.connections_open.dec();
+    // The code of the close frame: the one recorded, or 1001 when the server stopped without
+    // recording one; none when the connection was lost or found dead.
+    let code = control
+        .reason()
+        .map(|(code, _)| code)
+        .or_else(|| app.shutdown.is_cancelled().then_some(close_code::AWAY));
+    app.metrics.connection_closed(code);
     debug!(%doc, %peer, id, "disconnected");
 }
 
@@ -140,6 +158,8 @@ struct Reader<'a> {
     grant: &'a Grant,
     /// The connection's own queue, for the permission-denied message.
     out: &'a ClientHandle,
+    /// Where refused updates are counted.
+    metrics: &'a Metrics,
 }
 
 /// Why the reader stopped.
@@ -210,14 +230,22 @@ impl Reader<'_> {
             let mut msgs = match decode_frame(&frame) {
                 Ok(msgs) => msgs,
                 Err(e) => {
+                    if matches!(e, DecodeError::InvalidUpdate(_)) {
+                        self.metrics.updates(Source::Client, Verdict::Refused, 1);
+                    }
                     warn!(%doc, %peer, error = %e, code = e.close_code(), "malformed frame; closing the connection");
                     control.close(e.close_code(), e.to_string());
                     return ReadEnd::Other;
                 }
             };
-            if self.grant.access < Access::Write && drop_writes(&mut msgs) && !denied_once {
-                denied_once = true;
-                self.deny_write();
+            if self.grant.access < Access::Write {
+                let dropped = drop_writes(&mut msgs);
+                self.metrics
+                    .updates(Source::Client, Verdict::Refused, dropped);
+                if dropped > 0 && !denied_once {
+                    denied_once = true;
+                    self.deny_write();
+                }
             }
             if msgs.is_empty() {
                 continue;
@@ -250,14 +278,14 @@ impl Reader<'_> {
     }
 }
 
-/// Removes the update messages of a read-only client's frame. Returns whether one of them
+/// Removes the update messages of a read-only client's frame. Returns how many of them
 /// carried an edit (an empty Step2, which every client sends in answer to the server's Step1,
 /// is not one).
-fn drop_writes(msgs: &mut Vec<ClientMessage>) -> bool {
-    let mut wrote = false;
+fn drop_writes(msgs: &mut Vec<ClientMessage>) -> u64 {
+    let mut wrote = 0;
     msgs.retain(|m| match m {
         ClientMessage::SyncStep2(u) | ClientMessage::Update(u) => {
-            wrote |= !u.decoded.is_empty();
+            wrote += u64::from(!u.decoded.is_empty());
             false
         }
         _ => true,
@@ -361,6 +389,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Bytes>,
     control: Arc<Control>,
     ping_interval: Duration,
+    metrics: Arc<Metrics>,
 ) -> (bool, SplitSink<ClientSocket, Message>) {
     let half = ping_interval / 2;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
@@ -376,13 +405,23 @@ async fn write_loop(
             _ = &mut cancelled => return (send_close(&mut sink, &control).await, sink),
             frame = rx.recv() => {
                 let Some(frame) = frame else { return (false, sink) };
+                let mut frame = Some(frame);
                 // A client that stopped reading blocks the write once the kernel buffer is full.
                 // Race it against the end of the connection, so a dropped client (room queue
                 // full, shutdown, dead) is let go at once instead of when TCP gives up.
+                // Counted once per batch, when the flush went through.
+                let (mut messages, mut bytes) = (0u64, 0u64);
                 let write = async {
-                    feed(&mut sink, frame).await?;
-                    for _ in 1..WRITE_BATCH {
-                        let Ok(frame) = rx.try_recv() else { break };
+                    for _ in 0..WRITE_BATCH {
+                        let frame = match frame.take() {
+                            Some(frame) => frame,
+                            None => match rx.try_recv() {
+                                Ok(frame) => frame,
+                                Err(_) => break,
+                            },
+                        };
+                        messages += 1;
+                        bytes += frame.len() as u64;
                         feed(&mut sink, frame).await?;
                     }
                     sink.flush().await
@@ -391,6 +430,10 @@ async fn write_loop(
                     r = write => r.is_ok(),
                     _ = &mut cancelled => false,
                 };
+                if written {
+                    metrics.client_messages_sent.inc_by(messages);
+                    metrics.client_bytes_sent.inc_by(bytes);
+                }
                 if !written {
                     control.token().cancel();
                     // Try the close frame anyway: it goes out if the socket drains in time.

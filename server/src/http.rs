@@ -5,10 +5,11 @@
 //! - `GET /api/docs/{doc}/update`: the document's state as one Yjs v1 update.
 //! - `GET /api/docs/{doc}/text/{name}`: the plain text of its `Y.Text` root `{name}`.
 //! - `GET /api/status`: node status as JSON.
+//! - `GET /metrics`: the node's Prometheus metrics ([`crate::metrics`]).
 //! - `GET /`, `/app.js`, `/style.css`: the web demo.
 //!
 //! With auth on ([`crate::auth`]), `/ws` and `/api/docs` need read access to the document and
-//! `/api/status` needs an admin token; the refusal (401, 403) comes before any work, and before
+//! `/api/status` and `/metrics` need an admin token; the refusal (401, 403) comes before any work, and before
 //! the upgrade. `/healthz`, the demo's static files and `/peer` (which authenticates itself)
 //! stay open.
 
@@ -55,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/app.js", get(demo_js))
         .route("/style.css", get(demo_css))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/ws/{*doc}", get(websocket))
         .route("/peer", get(peer))
         .merge(api)
@@ -83,15 +85,16 @@ async fn authorize(
     query: TokenQuery,
 ) -> Result<Grant, Response> {
     let creds = Credentials::from_request(headers, query.token);
-    app.gate
-        .check(need, doc, &creds)
-        .await
-        .map_err(|refusal| refuse(refusal, need, doc, remote))
+    app.gate.check(need, doc, &creds).await.map_err(|refusal| {
+        app.metrics.refused(refusal.kind);
+        refuse(refusal, need, doc, remote)
+    })
 }
 
 fn refuse(refusal: Refusal, need: Need, doc: Option<&DocName>, remote: SocketAddr) -> Response {
     let Refusal {
         status,
+        kind: _,
         reason,
         sub,
         detail,
@@ -126,6 +129,20 @@ async fn status(
         app.connections.load(std::sync::atomic::Ordering::Relaxed),
     );
     axum::Json(status).into_response()
+}
+
+/// The node's Prometheus metrics ([`crate::internal::exposition`]). Needs an admin token with
+/// auth on, like `/api/status`; `--metrics-listen` serves them without one.
+async fn metrics(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(refused) = authorize(&app, Need::Admin, None, remote, &headers, query).await {
+        return refused;
+    }
+    crate::internal::exposition(&app)
 }
 
 /// A peer node's link. Authentication happens over the socket (challenge/response), so the
@@ -317,7 +334,10 @@ async fn websocket(
     // first: a full server answers 503 without asking the auth backend.
     let permit = match app.admission.try_admit(peer.ip()) {
         Ok(permit) => permit,
-        Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
+        Err(refusal) => {
+            app.metrics.refused(refusal.kind());
+            return (refusal.status(), refusal.to_string()).into_response();
+        }
     };
     let grant = match authorize(&app, Need::Connect, Some(&doc), peer, &headers, query).await {
         Ok(grant) => grant,
@@ -328,7 +348,10 @@ async fn websocket(
     // (503 for a document not live, 401 for a live one, would tell them).
     let slot = match app.registry.reserve(&doc) {
         Ok(slot) => slot,
-        Err(refusal) => return (refusal.status(), refusal.to_string()).into_response(),
+        Err(refusal) => {
+            app.metrics.refused(refusal.kind());
+            return (refusal.status(), refusal.to_string()).into_response();
+        }
     };
     let limit = app.config.max_message_size;
     let config = WebSocketConfig::default()

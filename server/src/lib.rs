@@ -20,6 +20,8 @@
 //! - [`replication`]: peer links to other regions: authentication, log streaming with
 //!   acknowledged cursors, loop prevention, gap repair.
 //! - [`store`]: the `Store` trait and its embedded SQLite backend (update log, snapshots).
+//! - [`metrics`]: the Prometheus metrics of a node; [`internal`]: the `--metrics-listen`
+//!   listener.
 //! - [`app`]: the state every route and connection shares ([`App`]); [`node`]: one node wired
 //!   together, run until shutdown ([`serve`]), then stopped in order.
 //!
@@ -37,10 +39,12 @@ pub mod demo_console;
 pub mod fragment;
 pub mod handles;
 pub mod http;
+pub mod internal;
 pub mod limits;
 pub mod linger;
 pub mod listen;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod node_id;
 pub mod registry;

@@ -55,6 +55,15 @@ impl Refusal {
             Refusal::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
+
+    /// The refusal's kind, as the metrics count it (a fixed set of labels).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Full(_) => "connection_limit",
+            Refusal::PerIp(_) => "per_ip_limit",
+            Refusal::LiveDocs(_) => "live_doc_limit",
+        }
+    }
 }
 
 /// Counts open client connections, in total and per address, against their limits (0: none).

@@ -15,12 +15,13 @@ use tracing::{Instrument, info, warn};
 
 use crate::app::App;
 use crate::config::ServeArgs;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replication::Replication;
 use crate::replication::auth::Identity;
 use crate::store::SharedStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::{auth, http, limits, listen, memory, node_id, room, tls};
+use crate::{auth, http, internal, limits, listen, memory, node_id, room, status, tls};
 
 /// How long shutdown waits for connections to say goodbye before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -94,12 +95,14 @@ async fn serve_node(
             None
         }
     };
+    let metrics = Arc::new(Metrics::new(&config.region));
     let store: SharedStore = Arc::new(SqliteStore::open(
         &config.data_dir,
         SqliteOptions {
             durability: config.durability,
             commit_delay: config.commit_delay,
             max_db_bytes: config.max_db_size,
+            metrics: metrics.store.clone(),
             ..SqliteOptions::default()
         },
     )?);
@@ -120,12 +123,18 @@ async fn serve_node(
         shutdown.child_token(),
     );
     replication.recall_peers().await;
-    let registry = Registry::with_max_live_docs(
+    // The scrape reads the peers and the store through a weak handle: the metrics outlive
+    // neither, and keep neither alive.
+    let hub = Arc::downgrade(&replication);
+    let data_dir = config.data_dir.clone();
+    metrics.sample_with(move || Some(status::sample(&*hub.upgrade()?, &data_dir)));
+    let registry = Registry::with_metrics(
         room_config(&config),
         store.clone(),
         shutdown.child_token(),
         Some(replication.clone()),
         config.limits.max_live_docs,
+        metrics.clone(),
     );
     replication.start(&registry);
     let admission = limits::Admission::new(
@@ -142,7 +151,12 @@ async fn serve_node(
         connections: AtomicUsize::new(0),
         gate,
         admission,
+        metrics,
     });
+    let internal = match app.config.metrics_listen {
+        Some(addr) => Some(internal::bind(addr, app.clone(), shutdown.clone()).await?),
+        None => None,
+    };
     let background = TaskTracker::new();
     background.spawn(memory::trim_task(shutdown.clone()).in_current_span());
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");
@@ -185,6 +199,13 @@ async fn serve_node(
     //    acknowledged, the peer sends again.
     // 5. Rooms finish their writes in flight (ROOM_GRACE).
     // 6. The store commits what is queued and closes; nothing writes to it after this.
+    if let Some(internal) = internal
+        && tokio::time::timeout(SHUTDOWN_GRACE, internal)
+            .await
+            .is_err()
+    {
+        warn!("the --metrics-listen listener did not stop within {SHUTDOWN_GRACE:?}");
+    }
     wait_bounded(&app.tasks, SHUTDOWN_GRACE, "connections").await;
     wait_bounded(&app.replication.tasks, SHUTDOWN_GRACE, "peer links").await;
     wait_bounded(&registry.tasks, ROOM_GRACE, "rooms").await;

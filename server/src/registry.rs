@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::handles::{ClientHandle, JoinError, Lane, PeerRelay, RoomMsg};
 use crate::limits::{DocSlot, LiveDocs, Refusal};
+use crate::metrics::Metrics;
 use crate::room::{Directory, Room, RoomConfig, RoomEnv};
 use crate::store::SharedStore;
 
@@ -79,6 +80,25 @@ impl Registry {
         peers: Option<Arc<dyn PeerRelay>>,
         max_live_docs: usize,
     ) -> Arc<Self> {
+        Registry::with_metrics(
+            config,
+            store,
+            shutdown,
+            peers,
+            max_live_docs,
+            Arc::default(),
+        )
+    }
+
+    /// [`Registry::with_max_live_docs`], counting into a node's `metrics`.
+    pub fn with_metrics(
+        config: RoomConfig,
+        store: SharedStore,
+        shutdown: CancellationToken,
+        peers: Option<Arc<dyn PeerRelay>>,
+        max_live_docs: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Registry {
             docs: DashMap::new(),
             lanes: DashMap::new(),
@@ -88,6 +108,7 @@ impl Registry {
                 store: store.clone(),
                 peers,
                 shutdown: shutdown.clone(),
+                metrics,
             }),
             store,
             shutdown,
@@ -146,9 +167,12 @@ impl Registry {
             (tx.downgrade(), rx),
             lane.clone(),
         );
+        let live = self.env.metrics.documents_live.clone();
+        live.inc();
         self.tasks.spawn(
             async move {
                 run.await;
+                live.dec();
                 drop(slot); // the room's state is gone: its place is free
             }
             .instrument(self.span.clone()),
@@ -277,6 +301,11 @@ impl Registry {
     /// Number of live documents.
     pub fn live(&self) -> usize {
         self.docs.len()
+    }
+
+    /// The node's metrics, which rooms count into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.env.metrics
     }
 }
 

@@ -1,11 +1,13 @@
 //! The JSON of `GET /api/status`, next to its route: this node, its documents and connections,
 //! and every peer it knows (from [`crate::replication::Replication::peer_views`]). The field
 //! names are the operators' interface (docs/replication.md lists them), so they live in one place.
+//! [`sample`] reads the same sources for the metrics a scrape reads ([`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
+use crate::metrics::{NodeSample, PeerSample};
 use crate::replication::{PeerStats, PeerView, Replication, now_ms};
 use crate::store::Seq;
 
@@ -110,4 +112,47 @@ fn peer(hub: &Replication, view: &PeerView, committed: Seq) -> Value {
         "relays": ids(&routes.relays),
         "grafted": ids(&routes.grafted),
     })
+}
+
+/// What a metrics scrape reads of the node: its committed sequence, the size of its database
+/// files in `data_dir`, and every peer it knows by node id (a peer never reached has no id yet,
+/// and no series).
+pub fn sample(hub: &Replication, data_dir: &std::path::Path) -> NodeSample {
+    let committed = hub.store.committed();
+    let db = data_dir.join(crate::store::sqlite::DB_FILE);
+    let wal = data_dir.join(format!("{}-wal", crate::store::sqlite::DB_FILE));
+    let store_size_bytes = [db, wal]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let peers = hub
+        .peer_views()
+        .into_iter()
+        .filter_map(|view| {
+            let stats = view.stats?;
+            let node_id = view.node_id?;
+            let count = |f: fn(&PeerStats) -> &AtomicU64| f(&stats).load(Ordering::Relaxed);
+            let acked = stats.acked.load(Ordering::Relaxed);
+            Some(PeerSample {
+                peer: node_id.to_string(),
+                region: stats.region.lock().unwrap().clone(),
+                up: stats.connected.load(Ordering::Relaxed),
+                acked_seq: acked,
+                backlog_entries: committed.saturating_sub(acked),
+                lag_seconds: stats.lag().as_secs_f64(),
+                messages_sent: count(|s| &s.sent_messages),
+                bytes_sent: count(|s| &s.sent_bytes),
+                messages_received: count(|s| &s.received_messages),
+                bytes_received: count(|s| &s.received_bytes),
+                reconnects: count(|s| &s.links_up).saturating_sub(1),
+            })
+        })
+        .collect();
+    NodeSample {
+        node_id: hub.me.node_id.to_string(),
+        committed_seq: committed,
+        store_size_bytes,
+        peers,
+    }
 }

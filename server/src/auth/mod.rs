@@ -106,6 +106,10 @@ pub enum Need {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
+    /// What kind of refusal, from a fixed set (`missing_token`, `invalid_token`,
+    /// `expired_token`, `forbidden`, `backend_error`): the label it is counted under in the
+    /// metrics, where the free-form `reason` would not be bounded.
+    pub kind: &'static str,
     pub reason: String,
     /// Who asked, when the credentials said (for the log).
     pub sub: Option<String>,
@@ -114,9 +118,10 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn unauthenticated(reason: impl Into<String>) -> Self {
+    fn unauthenticated(kind: &'static str, reason: impl Into<String>) -> Self {
         Refusal {
             status: StatusCode::UNAUTHORIZED,
+            kind,
             reason: reason.into(),
             sub: None,
             detail: None,
@@ -126,6 +131,7 @@ impl Refusal {
     fn forbidden(reason: impl Into<String>, sub: Option<String>) -> Self {
         Refusal {
             status: StatusCode::FORBIDDEN,
+            kind: "forbidden",
             reason: reason.into(),
             sub,
             detail: None,
@@ -194,12 +200,17 @@ impl Gate {
             Mode::Tokens(verifier) => {
                 let Some(token) = creds.token.as_deref() else {
                     return Err(Refusal::unauthenticated(
+                        "missing_token",
                         "a token is required (?token= or Authorization: Bearer)",
                     ));
                 };
-                let claims = verifier
-                    .verify(token)
-                    .map_err(|e| Refusal::unauthenticated(e.to_string()))?;
+                let claims = verifier.verify(token).map_err(|e| {
+                    let kind = match e {
+                        token::TokenError::Expired => "expired_token",
+                        _ => "invalid_token",
+                    };
+                    Refusal::unauthenticated(kind, e.to_string())
+                })?;
                 Grant {
                     access: doc.map_or(Access::None, |d| {
                         access::access_for(&claims.docs, d.as_str())
@@ -212,6 +223,7 @@ impl Gate {
             Mode::Callback(callback) => {
                 let answer = callback.check(doc, creds).await.map_err(|e| Refusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "backend_error",
                     reason: "access denied: the authorization backend did not answer; retry".into(),
                     sub: None,
                     detail: Some(e.to_string()),

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::handles::RoomMsg;
+use crate::metrics::{Source, Verdict};
 use crate::registry::{Registry, RoomHandle};
 use crate::store::{Append, Origin};
 
@@ -29,6 +30,8 @@ pub async fn receive_update(
     let update = match IncomingUpdate::decode(update) {
         Ok(u) => u,
         Err(e) => {
+            let metrics = registry.metrics();
+            metrics.updates(Source::Peer, Verdict::Refused, 1);
             warn!(peer = %from, %doc, error = %e, "peer sent an undecodable update; skipping it");
             return None;
         }

@@ -137,6 +137,7 @@ async fn attempt(
     let peer = match super::auth::dial(&mut sock, &hub.me, &secret, &dialed.binding).await {
         Ok(peer) => peer,
         Err(e) => {
+            registry.metrics().refused("peer_auth");
             sock.control.close(close_code::POLICY, e.to_string());
             return Err(format!("authentication failed: {e}"));
         }

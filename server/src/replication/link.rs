@@ -105,6 +105,7 @@ pub async fn run(
     *stats.region.lock().unwrap() = peer.region.clone();
     *stats.url.lock().unwrap() = peer.url.clone();
     hub.route_link_up(&peer.node_id, &stats);
+    stats.links_up.fetch_add(1, Ordering::Relaxed);
     // What an earlier link had in flight is sent again from the cursor by this one.
     stats.in_flight.lock().unwrap().clear();
     stats.last_contact_ms.store(now_ms(), Ordering::Relaxed);
@@ -424,6 +425,7 @@ pub async fn accept(
                 .await
         }
         Err(e) => {
+            registry.metrics().refused("peer_auth");
             warn!(%remote, error = %e, "peer link refused");
             sock.control.close(
                 close_code::POLICY,

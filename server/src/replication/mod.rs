@@ -101,7 +101,11 @@ pub struct PeerStats {
     /// Last sequence of this node's log the peer acknowledged.
     pub acked: AtomicU64,
     pub sent_updates: AtomicU64,
+    /// Messages of the log stream sent (updates, origin names, progress, snapshots), and bytes.
+    pub sent_messages: AtomicU64,
     pub sent_bytes: AtomicU64,
+    /// Times a link to the peer came up (the first, then each reconnection).
+    pub links_up: AtomicU64,
     /// Log entries received (`Update` messages).
     pub received_updates: AtomicU64,
     /// Every message received (updates, acknowledgements, state vectors, presence...), and bytes.

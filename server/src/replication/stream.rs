@@ -307,6 +307,7 @@ impl Stream {
     }
 
     async fn put(&self, bytes: Vec<u8>) -> Result<(), StreamEnd> {
+        self.stats.sent_messages.fetch_add(1, Ordering::Relaxed);
         self.stats
             .sent_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

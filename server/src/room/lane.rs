@@ -14,6 +14,7 @@ use concord_crdt::{Applied, IncomingUpdate, encode};
 use tracing::{debug, warn};
 
 use super::Room;
+use crate::metrics::{Source, Verdict};
 use crate::store::StoreError;
 
 /// Log entries read at a time.
@@ -44,6 +45,8 @@ impl Room {
                 for (seq, bytes) in &page {
                     match IncomingUpdate::decode(bytes) {
                         Ok(u) => {
+                            // Counted only when new: what it brings nothing is most often
+                            // the room's own append read again, not a peer's update.
                             if let Ok(Applied::Changed) = batch.apply(u.decoded, bytes.clone()) {
                                 relay.push(bytes.clone());
                             }
@@ -55,6 +58,9 @@ impl Room {
                 }
             }
             read += page.len();
+            self.env
+                .metrics
+                .updates(Source::Peer, Verdict::New, relay.len() as u64);
             self.lane_read = last;
             self.exists = true;
             if !relay.is_empty() {

@@ -76,6 +76,8 @@ pub struct RoomEnv {
     pub peers: Option<Arc<dyn PeerRelay>>,
     /// Cancelled when the server stops; rooms flush and exit.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The node's metrics: documents loaded, live and evicted, and updates by verdict.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The directory of live rooms, as a room sees it: where it takes itself out when it stops,
@@ -171,6 +173,7 @@ impl Room {
     ) {
         // Whatever was committed before the load is in it, updates written to the lane included.
         let loaded_through = env.store.committed();
+        let load_started = std::time::Instant::now();
         let loaded = match env.store.load(&name).await {
             Ok(stored) => stored
                 .map(|s| {
@@ -197,6 +200,10 @@ impl Room {
                 return;
             }
         };
+        env.metrics
+            .document_load_seconds
+            .observe(load_started.elapsed().as_secs_f64());
+        env.metrics.documents_loaded.inc();
         if tail.bytes + tail.snapshot_bytes >= 1 << 20 {
             // Decoding a large document allocated several times its size: give that back.
             crate::memory::freed_a_lot();

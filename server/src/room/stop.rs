@@ -42,6 +42,7 @@ impl Room {
                 }
                 if matches!(stop, Stop::Evicted) {
                     debug!(doc = %self.name, "evicted idle document");
+                    self.env.metrics.documents_evicted.inc();
                     crate::memory::freed_a_lot();
                 } else {
                     self.directory

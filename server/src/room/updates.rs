@@ -15,7 +15,11 @@ use tracing::warn;
 use super::outbox::{Effect, Kind, Outbox};
 use super::{Room, Source};
 use crate::handles::ConnId;
+use crate::metrics::{Source as Sources, Verdict};
 use crate::store::{Append, StoreError};
+
+/// An update's verdict, its bytes, and whether it was empty.
+type Judged = (Result<Applied, ApplyError>, Bytes, bool);
 
 /// A run of updates this large (a pasted chapter, an offline client's Step2) is followed by a
 /// memory collection ([`crate::memory::freed_a_lot`]).
@@ -35,7 +39,10 @@ impl Room {
             return Ok(());
         }
         let mut refused: Vec<ConnId> = Vec::new();
-        let verdicts: Vec<Option<(Result<Applied, ApplyError>, Bytes)>> = {
+        // Per source and verdict, counted once per run. An empty update (the empty Step2 every
+        // client answers the server's Step1 with) is no update: not counted.
+        let mut counts = [[0u64; 3]; 2];
+        let verdicts: Vec<Option<Judged>> = {
             let earlier = &self.refused;
             let mut batch = self.state.batch();
             run.iter_mut()
@@ -46,11 +53,12 @@ impl Room {
                         return None;
                     }
                     let bytes = Bytes::from(std::mem::take(&mut update.bytes));
+                    let empty = update.decoded.is_empty();
                     let verdict = batch.apply(std::mem::take(&mut update.decoded), bytes.clone());
                     if let (Err(_), Source::Client(id)) = (&verdict, &*source) {
                         refused.push(*id);
                     }
-                    Some((verdict, bytes))
+                    Some((verdict, bytes, empty))
                 })
                 .collect()
         };
@@ -59,12 +67,20 @@ impl Room {
         let mut appends = Vec::new();
         let mut then = Vec::new();
         let mut own = 0;
-        let failed = verdicts.iter().any(|v| matches!(v, Some((Err(_), _))));
+        let failed = verdicts.iter().any(|v| matches!(v, Some((Err(_), _, _))));
         for ((source, _), verdict) in run.drain(..).zip(verdicts) {
-            let Some((verdict, bytes)) = verdict else {
+            let Some((verdict, bytes, empty)) = verdict else {
                 continue;
             };
             let from_peer = matches!(source, Source::Peer { .. });
+            let judged = match &verdict {
+                Ok(Applied::Changed) => Verdict::New,
+                Ok(Applied::Unchanged) => Verdict::Known,
+                Err(_) => Verdict::Refused,
+            };
+            if !(empty && judged == Verdict::Known) {
+                counts[usize::from(from_peer)][judged as usize] += 1;
+            }
             let (origin, done) = match (source, verdict) {
                 (Source::Client(_), Ok(Applied::Changed)) => {
                     own += 1;
@@ -101,6 +117,15 @@ impl Room {
             self.place(outbox, Some(&mut then), relay, Effect::Broadcast(frame));
             if let Some(done) = done {
                 self.place(outbox, Some(&mut then), Kind::Ack, Effect::Done(done));
+            }
+        }
+        let metrics = &self.env.metrics;
+        for (source, counts) in [(Sources::Client, counts[0]), (Sources::Peer, counts[1])] {
+            for (verdict, n) in [Verdict::New, Verdict::Known, Verdict::Refused]
+                .into_iter()
+                .zip(counts)
+            {
+                metrics.updates(source, verdict, n);
             }
         }
         if appends.is_empty() {

@@ -90,6 +90,8 @@ pub struct SqliteOptions {
     /// With peers, how long log entries are kept after they were written, whatever the peers
     /// acknowledged (see `compaction::RELAY_RETAIN`, the default).
     pub relay_retain: Duration,
+    /// Where the writer thread counts its commits, their batches, fsyncs and failures.
+    pub metrics: crate::metrics::StoreMetrics,
 }
 
 impl Default for SqliteOptions {
@@ -100,6 +102,7 @@ impl Default for SqliteOptions {
             max_db_bytes: 0,
             queue: 8192,
             relay_retain: compaction::RELAY_RETAIN,
+            metrics: Default::default(),
         }
     }
 }

@@ -189,14 +189,26 @@ impl Writer {
     fn write_batch(&mut self, batch: Vec<Op>) {
         let first_seq = self.next_seq;
         let started = Instant::now();
+        let changes_before = self.conn.total_changes();
         let mut new_docs = Vec::new();
         match self.try_write(&batch, &mut new_docs) {
             Ok(seqs) => {
+                let elapsed = started.elapsed();
                 tracing::trace!(
                     writes = batch.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
+                    elapsed_us = elapsed.as_micros() as u64,
                     "committed"
                 );
+                let metrics = &self.options.metrics;
+                metrics.commit_seconds.observe(elapsed.as_secs_f64());
+                let entries = self.next_seq - first_seq;
+                if entries > 0 {
+                    metrics.commit_batch.observe(entries as f64);
+                }
+                // A transaction that changed no row writes nothing to the WAL, and syncs nothing.
+                if self.conn.total_changes() > changes_before {
+                    metrics.fsyncs.inc();
+                }
                 self.feed
                     .committed
                     .store(self.next_seq - 1, Ordering::Release);
@@ -226,6 +238,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.options.metrics.write_errors.inc();
                 error!(error = %e, writes = batch.len(), "store write failed; the affected documents close their connections");
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.next_seq = first_seq;
