@@ -127,7 +127,8 @@ async fn serve_node(
     // neither, and keep neither alive.
     let hub = Arc::downgrade(&replication);
     let data_dir = config.data_dir.clone();
-    metrics.sample_with(move || Some(status::sample(&*hub.upgrade()?, &data_dir)));
+    let max_db_size = config.max_db_size;
+    metrics.sample_with(move || Some(status::sample(&*hub.upgrade()?, &data_dir, max_db_size)));
     let registry = Registry::with_metrics(
         room_config(&config),
         store.clone(),

@@ -117,7 +117,7 @@ fn peer(hub: &Replication, view: &PeerView, committed: Seq) -> Value {
 /// What a metrics scrape reads of the node: its committed sequence, the size of its database
 /// files in `data_dir`, and every peer it knows by node id (a peer never reached has no id yet,
 /// and no series).
-pub fn sample(hub: &Replication, data_dir: &std::path::Path) -> NodeSample {
+pub fn sample(hub: &Replication, data_dir: &std::path::Path, max_db_size: u64) -> NodeSample {
     let committed = hub.store.committed();
     let db = data_dir.join(crate::store::sqlite::DB_FILE);
     let wal = data_dir.join(format!("{}-wal", crate::store::sqlite::DB_FILE));
@@ -153,6 +153,29 @@ pub fn sample(hub: &Replication, data_dir: &std::path::Path) -> NodeSample {
         node_id: hub.me.node_id.to_string(),
         committed_seq: committed,
         store_size_bytes,
+        store_max_size_bytes: max_db_size,
+        disk: disk_space(data_dir),
         peers,
+    }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `dir`, and its size.
+fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs only writes the struct it is given; `path` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let block = st.f_frsize as u64;
+        Some((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
     }
 }

@@ -192,9 +192,20 @@ async fn updates_connections_and_deliveries_are_counted_exactly() {
 
 #[tokio::test]
 async fn documents_and_store_commits_are_counted() {
-    let server = Server::start(&["--evict-after", "300ms"]).await;
+    let server = Server::start(&["--evict-after", "300ms", "--max-db-size", "123456789"]).await;
     let url = server.http_url("/metrics");
     let before = scrape(&url).await;
+    // What the disk alerts read: the limit as configured, the data directory's file system.
+    assert_eq!(
+        before.value("concord_store_max_size_bytes", &[]),
+        123456789.0
+    );
+    let available = before.value("concord_store_disk_available_bytes", &[]);
+    let capacity = before.value("concord_store_disk_capacity_bytes", &[]);
+    assert!(
+        available > 0.0 && available <= capacity,
+        "{available} of {capacity}"
+    );
     let batch_sum = before.value("concord_store_commit_batch_updates_sum", &[]);
     let commits = before.value("concord_store_commit_seconds_count", &[]);
     let fsyncs = before.value("concord_store_fsyncs_total", &[]);

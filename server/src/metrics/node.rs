@@ -19,6 +19,11 @@ pub struct NodeSample {
     pub committed_seq: u64,
     /// The database files (db and WAL), in bytes.
     pub store_size_bytes: u64,
+    /// `--max-db-size` (0: no limit).
+    pub store_max_size_bytes: u64,
+    /// The file system holding the data directory: bytes available to the server, and its size
+    /// (`None` where it cannot be read).
+    pub disk: Option<(u64, u64)>,
     pub peers: Vec<PeerSample>,
 }
 
@@ -85,6 +90,26 @@ impl Collector for NodeCollector {
             "Database files on disk (db and WAL), in bytes",
             sample.store_size_bytes as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "concord_store_max_size_bytes",
+            "--max-db-size, in bytes (0: no limit)",
+            sample.store_max_size_bytes as i64,
+        )?;
+        if let Some((available, capacity)) = sample.disk {
+            gauge(
+                &mut encoder,
+                "concord_store_disk_available_bytes",
+                "Bytes available to the server on the file system of the data directory",
+                available as i64,
+            )?;
+            gauge(
+                &mut encoder,
+                "concord_store_disk_capacity_bytes",
+                "Size of the file system of the data directory, in bytes",
+                capacity as i64,
+            )?;
+        }
         if sample.peers.is_empty() {
             return Ok(());
         }
