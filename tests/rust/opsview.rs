@@ -176,6 +176,14 @@ async fn readyz_is_503_while_the_store_is_full_and_ready_once_space_is_freed() {
 async fn status_shows_every_peer_and_exits_1_when_one_is_down() {
     let mut c = Cluster::start(3, &mesh(3), Duration::ZERO, &[]).await;
     c.wait_linked(&mesh(3)).await;
+    // Each end dials the other: until node 0's own dials have reached their nodes (the first
+    // tries may fail before the proxies are aimed), a dialed URL not yet reached is a row of
+    // its own, down. All linked means every row up.
+    c.wait_status(0, WAIT, "every peer row linked", |s| {
+        let peers = s["peers"].as_array().unwrap();
+        peers.len() == 2 && peers.iter().all(|p| p["connected"] == true)
+    })
+    .await;
     let url = base(&c.nodes[0]);
 
     let out = status_cmd(&[&url], &[]).await;
