@@ -54,6 +54,10 @@ pub enum Command {
     /// Mint a client token (HS256 JWT) from the shared --auth-secret and print it, for scripts
     /// and tests. Apps mint their own with any JWT library (see docs/access-control.md).
     Token(TokenArgs),
+    /// Show a node and its peers (link, lag, backlog, last contact, last error) from its
+    /// /api/status. Exit status: 0 when every peer is linked, 1 when one is down, 2 when the
+    /// status could not be read.
+    Status(crate::status_cli::StatusArgs),
 }
 
 #[derive(Debug, Clone, Args)]

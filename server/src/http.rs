@@ -1,7 +1,7 @@
 //! The HTTP surface, assembled in one place so it reads top to bottom:
 //!
 //! - `GET /ws/{doc}`: the y-websocket endpoint; `{doc}` is the rest of the path (may hold `/`).
-//! - `GET /healthz`: 200 once the server is serving.
+//! - `GET /healthz`: 200 once the server is serving; `GET /readyz`: 200 or 503 ([`crate::health`]).
 //! - `GET /api/docs/{doc}/update`: the document's state as one Yjs v1 update.
 //! - `GET /api/docs/{doc}/text/{name}`: the plain text of its `Y.Text` root `{name}`.
 //! - `GET /api/status`: node status as JSON.
@@ -9,9 +9,9 @@
 //! - `GET /`, `/app.js`, `/style.css`: the web demo.
 //!
 //! With auth on ([`crate::auth`]), `/ws` and `/api/docs` need read access to the document and
-//! `/api/status` and `/metrics` need an admin token; the refusal (401, 403) comes before any work, and before
-//! the upgrade. `/healthz`, the demo's static files and `/peer` (which authenticates itself)
-//! stay open.
+//! `/api/status` and `/metrics` need an admin token; the refusal (401, 403) comes before any work,
+//! and before the upgrade. `/healthz`, `/readyz`, the demo's static files and `/peer` (which
+//! authenticates itself) stay open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,16 +55,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(demo))
         .route("/app.js", get(demo_js))
         .route("/style.css", get(demo_css))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
         .route("/metrics", get(metrics))
         .route("/ws/{*doc}", get(websocket))
         .route("/peer", get(peer))
         .merge(api)
         .with_state(app)
-}
-
-async fn healthz() -> &'static str {
-    "ok"
 }
 
 /// `?token=`: how browser clients (y-websocket's `params: { token }`) pass a token; server-side

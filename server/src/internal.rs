@@ -1,5 +1,5 @@
 //! The internal listener (`--metrics-listen ADDR`): plain HTTP, no authentication, for a
-//! scraper (and, later, probes) inside the network. It serves only what [`router`] lists, never
+//! scraper and probes inside the network (`/metrics`, `/healthz`, `/readyz`). It serves only what [`router`] lists, never
 //! documents, and stops with the node.
 
 use std::net::SocketAddr;
@@ -20,7 +20,8 @@ use crate::app::App;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(crate::health::router(app))
 }
 
 /// The node's metrics exposition (also served, behind the admin gate, on the main listener).
@@ -48,7 +49,7 @@ pub async fn bind(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
-    info!(addr = %listener.local_addr()?, "serving /metrics without authentication");
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz without authentication");
     let limits = &app.config.limits;
     let (timeout, pending) = (
         limits.handshake_timeout,

@@ -22,6 +22,8 @@
 //! - [`store`]: the `Store` trait and its embedded SQLite backend (update log, snapshots).
 //! - [`metrics`]: the Prometheus metrics of a node; [`internal`]: the `--metrics-listen`
 //!   listener.
+//! - [`health`]: `/healthz` and `/readyz`; [`status_cli`], [`status_client`],
+//!   [`status_table`]: `concord status`, the operator's view of a node and its peers.
 //! - [`app`]: the state every route and connection shares ([`App`]); [`node`]: one node wired
 //!   together, run until shutdown ([`serve`]), then stopped in order.
 //!
@@ -38,6 +40,7 @@ pub mod demo;
 pub mod demo_console;
 pub mod fragment;
 pub mod handles;
+pub mod health;
 pub mod http;
 pub mod internal;
 pub mod limits;
@@ -51,6 +54,9 @@ pub mod registry;
 pub mod replication;
 pub mod room;
 pub mod status;
+pub mod status_cli;
+pub mod status_client;
+pub mod status_table;
 pub mod store;
 pub mod tls;
 pub mod upgrade;

@@ -72,6 +72,9 @@ async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Status(args)) => {
+            std::process::exit(concord_server::status_client::run(args).await)
+        }
     }
 }
 

@@ -263,7 +263,7 @@ async fn auth_refusals_are_counted_and_metrics_need_an_admin_token() {
     const S: &str = "metrics-test-secret";
     let server = Server::start(&["--auth-secret", S, "--metrics-listen", "127.0.0.1:0"]).await;
     server
-        .wait_logged(&["serving /metrics without authentication"], 1, WAIT)
+        .wait_logged(&["serving /metrics, /healthz and /readyz without authentication"], 1, WAIT)
         .await
         .expect("the metrics listener's address");
     let line = server
@@ -271,7 +271,7 @@ async fn auth_refusals_are_counted_and_metrics_need_an_admin_token() {
         .lock()
         .unwrap()
         .iter()
-        .find(|l| l.contains("serving /metrics without authentication"))
+        .find(|l| l.contains("serving /metrics, /healthz and /readyz without authentication"))
         .cloned()
         .unwrap();
     let internal = line

@@ -212,6 +212,11 @@ impl Store for HeldStore {
         self.inner.incarnations()
     }
 
+    /// The wrapped store's (the commits it fails on purpose are not store failures).
+    fn health(&self) -> super::StoreHealth {
+        self.inner.health()
+    }
+
     async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError> {
         self.inner.log_complete_after(after).await
     }

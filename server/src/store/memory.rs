@@ -291,6 +291,15 @@ impl Store for MemoryStore {
         vec![self.incarnation]
     }
 
+    /// Writable until closed: memory never fills up here.
+    fn health(&self) -> super::StoreHealth {
+        if self.closed.load(Ordering::Acquire) {
+            super::StoreHealth::Closed
+        } else {
+            super::StoreHealth::Writable
+        }
+    }
+
     async fn log_complete_after(&self, after: Seq) -> Result<bool, StoreError> {
         let inner = self.inner.lock().unwrap();
         let committed = self.committed.load(Ordering::Acquire);

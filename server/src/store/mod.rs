@@ -20,6 +20,7 @@
 //! then, which is how "an update anyone received is already on disk" holds.
 
 mod checksum;
+pub mod health;
 pub mod held;
 pub mod memory;
 pub mod sqlite;
@@ -34,6 +35,7 @@ use concord_crdt::{DocName, NodeId};
 use tokio::sync::{broadcast, oneshot};
 
 pub use concord_crdt::replication::Incarnation;
+pub use health::StoreHealth;
 
 /// A node-local log sequence number. 0 means "nothing".
 pub type Seq = u64;
@@ -359,6 +361,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every peer ever linked with, as last recorded: what status shows of a peer that has not
     /// been reached since this node started.
     async fn known_peers(&self) -> Result<HashMap<NodeId, PeerInfo>, StoreError>;
+
+    /// Whether writes can succeed now, as the last commit found (no write per call): what
+    /// `/readyz` reports. See [`health`].
+    fn health(&self) -> StoreHealth;
 }
 
 /// What a node remembers of a peer across restarts.

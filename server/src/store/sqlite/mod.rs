@@ -60,9 +60,10 @@ use concord_crdt::{DocName, NodeId};
 use tokio::sync::{broadcast, oneshot};
 use tracing::info;
 
+use super::health::HealthCell;
 use super::{
     Append, Commit, Durability, Incarnation, LogEntry, LogFeed, LogIncarnation, PeerInfo, Seq,
-    Store, StoreError, StoredDoc,
+    Store, StoreError, StoreHealth, StoredDoc,
 };
 use checkpoint::Checkpointer;
 use readers::Readers;
@@ -114,6 +115,8 @@ pub struct SqliteStore {
     /// Set by [`Store::close`]; later writes fail with [`StoreError::Closed`].
     closed: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The last commit's outcome, recorded by the writer ([`Store::health`]).
+    health: Arc<HealthCell>,
     /// Stopped on close.
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: Readers,
@@ -147,7 +150,8 @@ impl SqliteStore {
             entries: broadcast::channel(FEED_CAPACITY).0,
             committed: AtomicU64::new(last_seq),
         });
-        let handle = Writer::spawn(conn, options, last_seq, feed.clone(), rx)?;
+        let health = Arc::new(HealthCell::default());
+        let handle = Writer::spawn(conn, options, last_seq, feed.clone(), health.clone(), rx)?;
         let checkpointer = Checkpointer::spawn(&path)?;
         info!(path = %path.display(), last_seq, "store opened");
         Ok(SqliteStore {
@@ -155,6 +159,7 @@ impl SqliteStore {
             tx,
             closed: AtomicBool::new(false),
             writer: Mutex::new(Some(handle)),
+            health,
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Readers::new(path),
             incarnations,
@@ -357,6 +362,27 @@ impl Store for SqliteStore {
 
     async fn known_peers(&self) -> Result<HashMap<NodeId, PeerInfo>, StoreError> {
         self.readers.read(peers::known_peers).await
+    }
+
+    /// Closed, the writer thread gone, the last commit failed (until a commit or the writer's
+    /// write probe succeeds), or writable.
+    fn health(&self) -> StoreHealth {
+        if self.closed.load(Ordering::Acquire) {
+            return StoreHealth::Closed;
+        }
+        let writer_gone = self
+            .writer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|h| h.is_finished());
+        if writer_gone {
+            return StoreHealth::WriterStopped;
+        }
+        match self.health.failure() {
+            Some(failure) => StoreHealth::Failing(failure),
+            None => StoreHealth::Writable,
+        }
     }
 }
 

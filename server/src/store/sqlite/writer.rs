@@ -2,6 +2,10 @@
 //! from a bounded channel and writes whatever queued up meanwhile in one transaction with one
 //! fsync (**group commit**), then answers each write's commit and publishes the new log entries
 //! to the [`Feed`]. A failed transaction is rolled back and fails every write in it.
+//!
+//! Each commit's outcome goes to the store's [`HealthCell`] (`/readyz`). While the last one
+//! failed, the idle writer tries a small write once a second ([`Writer::probe`]), so a node that a
+//! load balancer took out of rotation (and so gets no writes) sees space come back.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,17 +17,24 @@ use std::time::{Duration, Instant};
 use concord_crdt::{DocName, NodeId};
 use rusqlite::{Connection, params};
 use tokio::sync::{broadcast, oneshot};
-use tracing::{error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::checkpoint::WAL_RESTART_BYTES;
 use super::schema::{SCHEMA, add_checksum_columns};
 use super::{SqliteOptions, peers};
+use crate::store::health::{HealthCell, SizeAtFailure, WriteFailure};
 use crate::store::{
     Append, Durability, Incarnation, LogEntry, Origin, PeerInfo, Seq, StoreError, checksum,
 };
 
 /// Most writes in one transaction; bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 4096;
+
+/// While writes fail, how often the idle writer probes ([`Writer::probe`]).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// What the probe writes (and deletes in the same transaction): a few pages, so it fails while
+/// there is no room for an ordinary write, on a full disk as at `--max-db-size`.
+const PROBE_BYTES: i64 = 16 * 1024;
 
 /// A write queued for the writer thread; `done` gets its commit.
 pub(super) enum Op {
@@ -117,6 +128,8 @@ pub(super) struct Writer {
     /// Document name → row id, for documents this process has written.
     doc_ids: HashMap<DocName, i64>,
     feed: Arc<Feed>,
+    /// Where each commit's outcome is recorded.
+    health: Arc<HealthCell>,
     /// When the log was last garbage-collected ([`Writer::collect_if_due`]).
     pub(super) last_gc: Instant,
     /// The log's end, sampled now and then: what was written before
@@ -132,6 +145,7 @@ impl Writer {
         options: SqliteOptions,
         last_seq: Seq,
         feed: Arc<Feed>,
+        health: Arc<HealthCell>,
         rx: flume::Receiver<Op>,
     ) -> Result<JoinHandle<()>, StoreError> {
         let writer = Writer {
@@ -140,6 +154,7 @@ impl Writer {
             next_seq: last_seq + 1,
             doc_ids: HashMap::new(),
             feed,
+            health,
             last_gc: Instant::now(),
             recent: std::collections::VecDeque::new(),
         };
@@ -157,7 +172,19 @@ impl Writer {
     fn run(mut self, rx: flume::Receiver<Op>) {
         let mut closing = false;
         while !closing {
-            let Ok(first) = rx.recv() else { break };
+            let received = if self.health.is_failing() {
+                rx.recv_timeout(PROBE_EVERY)
+            } else {
+                rx.recv().map_err(|_| flume::RecvTimeoutError::Disconnected)
+            };
+            let first = match received {
+                Ok(op) => op,
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.probe();
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = Vec::new();
             let mut next = Some(first);
             // Sync: take whatever queued up during the previous commit (that is the group
@@ -212,6 +239,9 @@ impl Writer {
                 self.feed
                     .committed
                     .store(self.next_seq - 1, Ordering::Release);
+                if self.health.succeeded() {
+                    info!("store writes succeed again");
+                }
                 for (op, seq) in batch.into_iter().zip(seqs) {
                     match op {
                         Op::Append { entries, done } => {
@@ -241,6 +271,7 @@ impl Writer {
                 self.options.metrics.write_errors.inc();
                 error!(error = %e, writes = batch.len(), "store write failed; the affected documents close their connections");
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.record_failure(&e);
                 self.next_seq = first_seq;
                 for name in new_docs {
                     self.doc_ids.remove(&name);
@@ -317,6 +348,64 @@ impl Writer {
         self.collect_if_due(batch)?;
         self.conn.execute_batch("COMMIT")?;
         Ok(seqs)
+    }
+
+    /// Records a failed commit (after its rollback) for [`crate::store::Store::health`]; a
+    /// full store with `--max-db-size` also records its size.
+    fn record_failure(&self, e: &StoreError) {
+        let size = match e {
+            StoreError::Full(_) if self.options.max_db_bytes > 0 => {
+                self.db_bytes().map(|db_bytes| SizeAtFailure {
+                    db_bytes,
+                    limit_bytes: self.options.max_db_bytes,
+                })
+            }
+            _ => None,
+        };
+        self.health.failed(WriteFailure {
+            error: e.to_string(),
+            size,
+        });
+    }
+
+    /// The database's size in bytes as this connection sees it (committed pages, WAL included).
+    fn db_bytes(&self) -> Option<u64> {
+        let pragma = |name: &str| {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))
+                .ok()
+        };
+        Some((pragma("page_count")? * pragma("page_size")?) as u64)
+    }
+
+    /// While the last commit failed: writes a few pages and deletes them in one committed
+    /// transaction. Success means ordinary writes fit again (space was freed), and ends the
+    /// failure; a failure is recorded like a failed commit (and logged at debug only: the
+    /// commit that failed was logged).
+    fn probe(&mut self) {
+        let result = (|| -> Result<(), StoreError> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe', zeroblob(?1))",
+                [PROBE_BYTES],
+            )?;
+            self.conn
+                .execute("DELETE FROM meta WHERE key = 'write_probe'", [])?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if self.health.succeeded() {
+                    info!("store writable again (a write probe committed)");
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "store write probe failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.record_failure(&e);
+            }
+        }
     }
 
     fn doc_id(&mut self, name: &DocName, new_docs: &mut Vec<DocName>) -> Result<i64, StoreError> {
