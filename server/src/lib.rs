@@ -29,6 +29,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod control;
 pub mod delay_proxy;
@@ -40,6 +41,7 @@ pub mod http;
 pub mod limits;
 pub mod linger;
 pub mod listen;
+pub mod log_format;
 pub mod memory;
 pub mod node;
 pub mod node_id;
