@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::time::SystemTime;
 
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -80,41 +81,52 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            humantime::format_rfc3339_micros(SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
-        line.insert("msg".into(), Value::String(String::new()));
         // Outermost span first, so an inner span's field wins over an outer one of the same
         // name, and the event's own fields win over both.
+        let mut fields = Map::new();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
-                if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
-                    for (k, v) in fields {
-                        line.insert(k.clone(), v.clone());
-                    }
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    fields.extend(span_fields.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
             }
         }
-        let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
-        for (k, v) in fields {
-            if k == "message" {
-                line.insert("msg".into(), v);
-            } else {
-                line.insert(k, v);
-            }
-        }
-        let mut text = Value::Object(line).to_string();
-        text.push('\n');
+        let msg = fields
+            .remove("message")
+            .unwrap_or_else(|| Value::String(String::new()));
+        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let mut line = match object_line(&ts, meta.level().as_str(), meta.target(), &msg, &fields) {
+            Ok(line) => line,
+            Err(_) => return,
+        };
+        line.push(b'\n');
         // One write per line, so lines from several threads never interleave.
-        let _ = self.make_writer.make_writer().write_all(text.as_bytes());
+        let _ = self.make_writer.make_writer().write_all(&line);
     }
+}
+
+/// One line's object, with its fixed keys first (so a reader sees when, how bad and what before
+/// the details), then the fields.
+fn object_line(
+    ts: &str,
+    level: &str,
+    target: &str,
+    msg: &Value,
+    fields: &Map<String, Value>,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    let mut map = serializer.serialize_map(Some(4 + fields.len()))?;
+    map.serialize_entry("ts", ts)?;
+    map.serialize_entry("level", level)?;
+    map.serialize_entry("target", target)?;
+    map.serialize_entry("msg", msg)?;
+    for (k, v) in fields {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()?;
+    Ok(out)
 }
 
 /// Collects fields into a JSON map: numbers and booleans as such, everything else as the text
@@ -230,6 +242,9 @@ mod tests {
         let ts = first["ts"].as_str().unwrap();
         assert!(ts.ends_with('Z'), "{ts}");
         humantime::parse_rfc3339(ts).expect("ts is RFC 3339");
+        let raw = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(raw.starts_with("{\"ts\":"), "{raw}");
+        assert!(raw.contains("\"level\":\"WARN\",\"target\":"), "{raw}");
         assert_eq!(lines[1]["level"], "INFO");
         assert_eq!(lines[1]["_level"], "mine");
     }
