@@ -63,8 +63,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The secret the servers verify with (`--auth-secret`).
-    #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true,
-          required_unless_present = "auth_secret_file")]
+    #[arg(
+        long,
+        env = "CONCORD_AUTH_SECRET",
+        hide_env_values = true,
+        required_unless_present = "auth_secret_file"
+    )]
     pub auth_secret: Option<String>,
 
     /// Read the secret from this file instead (one trailing newline is ignored).
