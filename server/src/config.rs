@@ -58,13 +58,26 @@ pub enum Command {
     /// /api/status. Exit status: 0 when every peer is linked, 1 when one is down, 2 when the
     /// status could not be read.
     Status(crate::status_cli::StatusArgs),
+    /// Print the configuration `concord serve` would run with, given the same flags, env vars and
+    /// --config file: one `name = value  # source` line per setting, secrets redacted. The output
+    /// is a valid config file.
+    Config(crate::config_file::effective::ConfigArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The secret the servers verify with (`--auth-secret`).
-    #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: String,
+    #[arg(
+        long,
+        env = "CONCORD_AUTH_SECRET",
+        hide_env_values = true,
+        required_unless_present = "auth_secret_file"
+    )]
+    pub auth_secret: Option<String>,
+
+    /// Read the secret from this file instead (one trailing newline is ignored).
+    #[arg(long, env = "CONCORD_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
 
     /// `PATTERN=read` or `PATTERN=write`, repeatable. A pattern is a document name or a prefix
     /// ending in `*` (`'*'` is every document); the most specific match wins.
@@ -111,6 +124,17 @@ pub struct ForgetPeerArgs {
 /// Everything `concord serve` accepts.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: its keys are these flags' long names (see
+    /// concord.example.toml). A flag or env var beats the file, which beats the default.
+    #[arg(long, env = "CONCORD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log lines as `text`, or as `json`: one object per line with `ts`, `level`, `target`,
+    /// `msg` and the event's fields (`doc`, `peer`, `region`, ...), for Loki or Elasticsearch.
+    /// RUST_LOG filters either.
+    #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value_t = crate::log_format::LogFormat::Text)]
+    pub log_format: crate::log_format::LogFormat,
+
     /// Address to listen on for HTTP and WebSocket connections.
     #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -204,6 +228,11 @@ pub struct ServeArgs {
     /// sent. Required with --peers; without it this node also refuses incoming peer links.
     #[arg(long, env = "CONCORD_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
+
+    /// Read --peer-secret from this file instead, so it stays out of `ps` and shell history (one
+    /// trailing newline is ignored).
+    #[arg(long, env = "CONCORD_PEER_SECRET_FILE", conflicts_with = "peer_secret")]
+    pub peer_secret_file: Option<PathBuf>,
 
     /// The URL clients and peers reach this node at, shown in status (default: http://LISTEN,
     /// or https://LISTEN with --tls-cert).

@@ -33,6 +33,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod control;
 pub mod delay_proxy;
@@ -46,6 +47,7 @@ pub mod internal;
 pub mod limits;
 pub mod linger;
 pub mod listen;
+pub mod log_format;
 pub mod memory;
 pub mod metrics;
 pub mod node;

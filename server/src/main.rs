@@ -1,9 +1,8 @@
 //! The `concord` binary: parses the command line, sets up logging, runs the chosen command.
 
-use clap::Parser;
-
-use concord_server::config::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use concord_server::config::Command;
+use concord_server::config_file::{self, LoadError, Loaded};
+use concord_server::log_format;
 
 /// mimalloc rather than glibc's malloc: per-thread heaps suit a room's many small allocations
 /// freed on other threads (frames, log entries), where glibc grew and shrank its arenas
@@ -14,26 +13,31 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     raise_fd_limit();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(concord_server::memory::on_worker_park)
-        .build()?
-        .block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    // The command line, the config file and the secret files first: the log format is among
+    // them, and their errors are printed before any logging exists.
+    let loaded = match config_file::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    log_format::init(loaded.log_format());
     // One log line per panic instead of a backtrace on stderr. Hostile updates can make yrs
     // panic on arithmetic overflow; concord-crdt catches those and refuses the update.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(location = ?info.location(), "panic: {}", panic_message(info));
     }));
-    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(concord_server::memory::on_worker_park)
+        .build()?
+        .block_on(run(loaded))
+}
+
+async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let Loaded { cli, matches, file } = loaded;
     match cli.command {
         None => concord_server::serve(cli.serve, concord_server::shutdown_signal()).await,
         Some(Command::Serve(args)) => {
@@ -54,10 +58,8 @@ async fn run() -> anyhow::Result<()> {
                 docs: args.docs.into_iter().collect(),
                 admin: args.admin,
             };
-            println!(
-                "{}",
-                concord_server::auth::token::mint(&args.auth_secret, &claims)
-            );
+            let secret = args.auth_secret.as_deref().unwrap_or_default();
+            println!("{}", concord_server::auth::token::mint(secret, &claims));
             Ok(())
         }
         Some(Command::ForgetPeer(args)) => {
@@ -74,6 +76,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Some(Command::Status(args)) => {
             std::process::exit(concord_server::status_client::run(args).await)
+        }
+        Some(Command::Config(_)) => {
+            print!("{}", config_file::effective::run(&matches, file.as_ref()));
+            Ok(())
         }
     }
 }

@@ -14,6 +14,11 @@ pub struct AuthArgs {
     #[arg(long, env = "CONCORD_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
+    /// Read --auth-secret from this file instead, so it stays out of `ps` and shell history (one
+    /// trailing newline is ignored).
+    #[arg(long, env = "CONCORD_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
+
     /// Verify client tokens with this public key (PEM: ES256, EdDSA or RS256). Repeatable, for
     /// key rotation: a token's `kid` picks the key named by the file's stem (`keys/2026-12.pem`
     /// is kid `2026-12`); a token without `kid` is tried against each.
