@@ -54,6 +54,8 @@ pub enum Command {
     /// Mint a client token (HS256 JWT) from the shared --auth-secret and print it, for scripts
     /// and tests. Apps mint their own with any JWT library (see docs/access-control.md).
     Token(TokenArgs),
+    #[command(flatten)]
+    Backup(crate::backup::BackupCommand),
 }
 
 #[derive(Debug, Clone, Args)]

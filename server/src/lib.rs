@@ -28,6 +28,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod connection;
 pub mod control;

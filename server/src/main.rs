@@ -72,6 +72,7 @@ async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Backup(command)) => concord_server::backup::run(command),
     }
 }
 
