@@ -62,6 +62,8 @@ pub enum Command {
     /// --config file: one `name = value  # source` line per setting, secrets redacted. The output
     /// is a valid config file.
     Config(crate::config_file::effective::ConfigArgs),
+    #[command(flatten)]
+    Backup(crate::backup::BackupCommand),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -32,6 +32,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod config_file;
 pub mod connection;

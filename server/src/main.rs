@@ -81,6 +81,7 @@ async fn run(loaded: Loaded) -> anyhow::Result<()> {
             print!("{}", config_file::effective::run(&matches, file.as_ref()));
             Ok(())
         }
+        Some(Command::Backup(command)) => concord_server::backup::run(command),
     }
 }
 

@@ -38,7 +38,9 @@
 //! | `compaction.rs` | snapshots replacing log entries; log GC once every peer has them |
 //! | `checkpoint.rs` | the thread that checkpoints the WAL off the commit path |
 //! | `peers.rs` | peer cursors and records, the log's incarnations, `forget-peer` |
+//! | `backup.rs` | `concord backup` and `concord restore`: consistent copies of the live file |
 
+pub mod backup;
 mod checkpoint;
 mod compaction;
 mod file_check;
