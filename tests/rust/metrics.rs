@@ -263,7 +263,11 @@ async fn auth_refusals_are_counted_and_metrics_need_an_admin_token() {
     const S: &str = "metrics-test-secret";
     let server = Server::start(&["--auth-secret", S, "--metrics-listen", "127.0.0.1:0"]).await;
     server
-        .wait_logged(&["serving /metrics, /healthz and /readyz without authentication"], 1, WAIT)
+        .wait_logged(
+            &["serving /metrics, /healthz and /readyz without authentication"],
+            1,
+            WAIT,
+        )
         .await
         .expect("the metrics listener's address");
     let line = server
