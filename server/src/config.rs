@@ -61,9 +61,16 @@ pub enum Command {
     /// Print the configuration `concord serve` would run with, given the same flags, env vars and
     /// --config file: one `name = value  # source` line per setting, secrets redacted. The output
     /// is a valid config file.
-    Config(crate::config_file::effective::ConfigArgs),
+    Config(ConfigArgs),
     #[command(flatten)]
     Backup(crate::backup::BackupCommand),
+}
+
+/// `concord config`: every flag of `concord serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Clone, Args)]

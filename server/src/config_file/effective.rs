@@ -5,17 +5,9 @@
 //! their lines are comments saying `<redacted>` and where the secret came from.
 
 use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Args};
+use clap::{Arg, ArgAction, ArgMatches};
 
 use super::{FileSource, serve_part};
-use crate::config::ServeArgs;
-
-/// `concord config`: every flag of `concord serve`.
-#[derive(Debug, Clone, Args)]
-pub struct ConfigArgs {
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
 
 /// The text `concord config` prints, from what [`super::load`] returned.
 pub fn run(matches: &ArgMatches, file: Option<&FileSource>) -> String {

@@ -18,6 +18,25 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
 /// truncated back to this size).
 pub(super) const WAL_RESTART_BYTES: u64 = 32 * 1024 * 1024;
 
+/// One round: a `PASSIVE` checkpoint, then a `RESTART` if the WAL is past
+/// [`WAL_RESTART_BYTES`] and the passive one could copy all of it. When it could not, a reader
+/// still holds an older snapshot (`concord backup` holds one for the whole copy). A `RESTART`
+/// would then wait for that reader, up to the busy timeout, and block every new commit while it
+/// waits: the WAL is left to grow until the reader is done instead.
+fn checkpoint(conn: &Connection, wal: &Path) -> rusqlite::Result<()> {
+    let (log, copied): (i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(1)?, row.get(2)?))
+        })?;
+    let big = std::fs::metadata(wal)
+        .map(|m| m.len() > WAL_RESTART_BYTES)
+        .unwrap_or(false);
+    if big && copied == log {
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
 /// The running checkpoint thread.
 pub(super) struct Checkpointer {
     /// Dropped to stop the thread.
@@ -30,7 +49,7 @@ impl Checkpointer {
     /// never block the writer or readers; they copy what they can and the next one continues.
     /// Under continuous writes the WAL would still never start over, so once it passes
     /// [`WAL_RESTART_BYTES`] a `RESTART` checkpoint (which waits for the writer between two
-    /// transactions, mostly with nothing left to copy) rewinds it.
+    /// transactions, mostly with nothing left to copy) rewinds it; see [`checkpoint`].
     pub(super) fn spawn(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(1))?;
@@ -44,13 +63,7 @@ impl Checkpointer {
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(CHECKPOINT_PERIOD)
                 {
-                    let big = std::fs::metadata(&wal)
-                        .map(|m| m.len() > WAL_RESTART_BYTES)
-                        .unwrap_or(false);
-                    let mode = if big { "RESTART" } else { "PASSIVE" };
-                    if let Err(e) =
-                        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                    {
+                    if let Err(e) = checkpoint(&conn, &wal) {
                         warn!("checkpoint failed: {e}");
                     }
                 }

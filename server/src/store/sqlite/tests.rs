@@ -1,6 +1,7 @@
 //! Unit tests of the SQLite store: sequence numbering across restarts and compaction, group
 //! appends, compaction that keeps what peers still need, a full store, the cheap check of large
-//! files, and a round trip of random edits through store, compaction and reload.
+//! files, a round trip of random edits through store, compaction and reload, and a WAL that
+//! starts over under steady writes without ever stalling a commit behind a backup's snapshot.
 
 use super::*;
 use bytes::Bytes;
@@ -361,4 +362,82 @@ async fn compaction_keeps_recent_entries_for_detours_even_when_acknowledged() {
     // ...but no longer read on load: the snapshot covers them.
     let stored = store.load(&name("d")).await.unwrap().unwrap();
     assert_eq!(stored.parts().count(), 1, "the snapshot alone");
+}
+
+/// `concord backup` reads one snapshot for as long as the copy takes, from another connection.
+/// Meanwhile the WAL cannot start over, and once it passes `WAL_RESTART_BYTES` the checkpointer
+/// wants a RESTART checkpoint, which blocks new writers while it waits for readers: every commit
+/// would wait up to the checkpointer's busy timeout (1 s), again and again, until the backup ends.
+#[tokio::test]
+async fn a_reader_holding_an_old_snapshot_never_stalls_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    append(&store, "doc", vec![1; 16]).await;
+    // What a backup holds: a read transaction on its own connection, open throughout.
+    let reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+    // Grow the WAL past the restart threshold while the snapshot is held, then keep committing
+    // small updates for a while: the checkpointer runs every 200 ms.
+    let big = vec![7u8; 1024 * 1024];
+    let mut slowest = std::time::Duration::ZERO;
+    let mut timed = async |update: Vec<u8>| {
+        let started = std::time::Instant::now();
+        append(&store, "doc", update).await;
+        slowest = slowest.max(started.elapsed());
+    };
+    for _ in 0..(super::checkpoint::WAL_RESTART_BYTES / big.len() as u64 + 4) {
+        timed(big.clone()).await;
+    }
+    let wal = std::fs::metadata(dir.path().join(format!("{DB_FILE}-wal")))
+        .unwrap()
+        .len();
+    assert!(
+        wal > super::checkpoint::WAL_RESTART_BYTES,
+        "WAL of {wal} bytes"
+    );
+    for _ in 0..15 {
+        timed(vec![2; 16]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A commit takes milliseconds; a RESTART waiting on the reader holds one for about 1 s.
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "a commit waited {slowest:?} behind the checkpointer"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    store.close().await;
+}
+
+/// The other side of the test above: with no reader behind, the checkpointer still starts the
+/// WAL over under steady writes, and the file is truncated back to `WAL_RESTART_BYTES`.
+#[tokio::test]
+async fn the_wal_starts_over_under_steady_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let wal_size = || {
+        std::fs::metadata(dir.path().join(format!("{DB_FILE}-wal")))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let limit = super::checkpoint::WAL_RESTART_BYTES;
+    let chunk = vec![3u8; 256 * 1024];
+    let mut written = 0u64;
+    let mut max_wal = 0u64;
+    // Write three times the threshold, a commit every millisecond or so: a WAL that never started
+    // over would hold it all.
+    while written < 3 * limit {
+        append(&store, "doc", chunk.clone()).await;
+        written += chunk.len() as u64;
+        max_wal = max_wal.max(wal_size());
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(
+        max_wal < 2 * limit,
+        "the WAL grew to {max_wal} bytes for {written} written: it did not start over"
+    );
+    store.close().await;
 }
