@@ -123,8 +123,17 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let new_id = choose_id(new_id, &plan.info)?;
     let restored = plan.info.clone();
     plan.apply()?;
-    write_node_id(&args.data_dir, &new_id)?;
     let old = restored.node_id.as_deref();
+    // The node refuses to start under the old id (--node-id, the env var or a config file
+    // could still name it): see node_id::RETIRED_FILE.
+    if let Some(old) = old {
+        write_synced(
+            &args.data_dir,
+            crate::node_id::RETIRED_FILE,
+            &format!("{old}\n"),
+        )?;
+    }
+    write_node_id(&args.data_dir, &new_id)?;
     println!(
         "restored {} into {}: {} documents, {} log entries, committed seq {}{}",
         args.backup.display(),
@@ -138,7 +147,8 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     println!("new node id: {new_id}");
     println!(
         "Start the node on {} with its usual flags (region, peers, secrets) but without \
-         --node-id or CONCORD_NODE_ID set to the old id: its peers will send it every document.",
+         --node-id, CONCORD_NODE_ID or a config file's node-id set to the old id (it refuses to \
+         start under it): its peers will send it every document.",
         args.data_dir.display()
     );
     match old {
@@ -178,11 +188,16 @@ fn choose_id(asked: Option<NodeId>, info: &BackupInfo) -> anyhow::Result<NodeId>
 
 /// Writes the node id file durably (temporary file, sync, rename, sync the directory).
 fn write_node_id(dir: &Path, id: &NodeId) -> anyhow::Result<()> {
-    let file = dir.join(NODE_ID_FILE);
-    let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+    write_synced(dir, NODE_ID_FILE, id.as_str())
+}
+
+/// Writes `name` in `dir` through a temporary file, synced, then renamed.
+fn write_synced(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let file = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(id.as_str().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &file)?;
         std::fs::File::open(dir)?.sync_all()

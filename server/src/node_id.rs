@@ -10,6 +10,37 @@ use tracing::{info, warn};
 /// File in the data dir holding the generated id.
 pub const NODE_ID_FILE: &str = "node-id";
 
+/// File in the data dir naming ids this data dir must never serve under again, one per line:
+/// `concord restore` writes the backed-up node's id there. Its peers believe that id holds
+/// entries the backup lacks, so a node serving under it would miss them forever.
+pub const RETIRED_FILE: &str = "retired-node-ids";
+
+/// The ids in `data_dir`'s [`RETIRED_FILE`] (none if there is no such file).
+pub fn retired(data_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(data_dir.join(RETIRED_FILE))
+        .map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn refuse_retired(data_dir: &Path, id: &NodeId) -> anyhow::Result<()> {
+    if retired(data_dir).iter().any(|r| r == id.as_str()) {
+        anyhow::bail!(
+            "node id {id} is retired in {}: this data dir was restored from a backup of that node, \
+             and its peers believe that id holds entries the backup lacks, so serving under it \
+             would miss them forever. Remove --node-id (or CONCORD_NODE_ID, or `node-id` in the \
+             config file) to use the id `concord restore` gave it",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn load_or_create(data_dir: &Path, flag: Option<&str>) -> anyhow::Result<NodeId> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -19,6 +50,7 @@ pub fn load_or_create(data_dir: &Path, flag: Option<&str>) -> anyhow::Result<Nod
         .map(|s| s.trim().to_string());
     if let Some(flag) = flag {
         let id = NodeId::parse(flag).map_err(|e| anyhow::anyhow!("--node-id: {e}"))?;
+        refuse_retired(data_dir, &id)?;
         if stored.as_deref().is_some_and(|s| s != flag) {
             warn!(stored = ?stored, given = %id, "--node-id differs from the id this data dir had; peers will see a new node");
         }
@@ -27,8 +59,10 @@ pub fn load_or_create(data_dir: &Path, flag: Option<&str>) -> anyhow::Result<Nod
         return Ok(id);
     }
     if let Some(stored) = stored {
-        return NodeId::parse(&stored)
-            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", file.display()));
+        let id = NodeId::parse(&stored)
+            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", file.display()))?;
+        refuse_retired(data_dir, &id)?;
+        return Ok(id);
     }
     let id = NodeId::parse(&format!("node-{:016x}", rand::random::<u64>()))
         .expect("generated ids are valid");

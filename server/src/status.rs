@@ -154,6 +154,7 @@ pub fn sample(hub: &Replication, data_dir: &std::path::Path, max_db_size: u64) -
         committed_seq: committed,
         store_size_bytes,
         store_max_size_bytes: max_db_size,
+        store_writable: hub.store.health() == crate::store::StoreHealth::Writable,
         disk: disk_space(data_dir),
         peers,
     }

@@ -22,6 +22,7 @@ async fn concord(args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(concord_bin())
         .args(args)
         .env("RUST_BACKTRACE", "0")
+        .kill_on_drop(true)
         .output()
         .await
         .expect("running concord");
@@ -310,6 +311,34 @@ async fn a_restored_region_rejoins_its_mesh_under_a_new_id_and_converges() {
     assert!(
         stdout.contains(&format!("new node id: {new_id}")),
         "{stdout}"
+    );
+
+    // The old id is retired in the restored dir: a config file (or --node-id, or the env var)
+    // naming it does not bring it back; the node refuses to start.
+    let config = tmp.path().join("old-id.toml");
+    std::fs::write(&config, "node-id = \"node-2\"\n").unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        concord(&[
+            "serve",
+            "--config",
+            path(&config),
+            "--data-dir",
+            path(&new_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+    )
+    .await
+    .expect("a node under its retired id must refuse to start, not serve");
+    assert!(!refused.0, "served under the retired id");
+    assert!(
+        format!("{}{}", refused.1, refused.2).contains("node id node-2 is retired"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(new_dir.join("node-id")).unwrap(),
+        new_id
     );
 
     // No document live on A and B: they are restarted before C comes back.

@@ -158,6 +158,16 @@ async fn readyz_is_503_while_the_store_is_full_and_ready_once_space_is_freed() {
         (200, "ok".into()),
         "full is not dead"
     );
+    // What the alert reads: the store cannot write, whatever the write errors' rate.
+    let metrics = format!("http://{}/metrics", server.addr);
+    let writable = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("concord_store_writable{") && l.ends_with(" 1"))
+    };
+    assert!(
+        !writable(&get_text(&metrics).await.1),
+        "concord_store_writable is 0 while full"
+    );
 
     // Free space behind the node's back: its write probe finds it.
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -166,6 +176,10 @@ async fn readyz_is_503_while_the_store_is_full_and_ready_once_space_is_freed() {
     drop(conn);
     assert_eq!(wait_answer(&readyz, 200).await, "ready");
     assert!(server.logged(&["store writable again"]));
+    assert!(
+        writable(&get_text(&metrics).await.1),
+        "concord_store_writable is 1 again"
+    );
     let again = YClient::connect(&server.ws_url("full")).await;
     let reader = YClient::connect(&server.ws_url("full")).await;
     again.append("t", "after");

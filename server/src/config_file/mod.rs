@@ -254,12 +254,27 @@ fn known_keys(cmd: &clap::Command) -> Vec<String> {
     keys
 }
 
+/// A TOML syntax error as `line L, column C: what`. Never the text of the line: toml's own
+/// message quotes it, and the line may hold a secret (`peer-secret = "unterminated`).
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 /// Reads a config file's text into settings, each checked by its flag's value parser. Errors
 /// name the file and the key.
 pub fn parse_file(text: &str, path: &Path, cmd: &clap::Command) -> Result<Vec<Setting>, FileError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| FileError::Toml {
         path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
+        message: syntax_error(text, &e),
     })?;
     let mut entries: Vec<(String, &Arg, &toml::Value)> = Vec::new();
     for (key, value) in &table {

@@ -168,6 +168,18 @@ fn a_bad_value_names_the_key_and_the_file_with_clap_s_reason() {
 }
 
 #[test]
+fn a_syntax_error_gives_its_place_and_never_the_line_that_may_hold_a_secret() {
+    for text in [
+        "region = \"eu\"\npeer-secret = \"hunter2-unterminated\n",
+        "[auth]\nsecret = \"hunter2-twice\"\nsecret = \"hunter2-twice\"\n",
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "the secret is in the error: {e}");
+        assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
+    }
+}
+
+#[test]
 fn one_flag_twice_or_two_alternatives_are_refused() {
     let e = parse("tls-cert = \"/a\"\n[tls]\ncert = \"/b\"\n").unwrap_err();
     assert!(matches!(e, FileError::Duplicate { .. }), "{e}");

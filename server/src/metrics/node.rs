@@ -21,6 +21,8 @@ pub struct NodeSample {
     pub store_size_bytes: u64,
     /// `--max-db-size` (0: no limit).
     pub store_max_size_bytes: u64,
+    /// Whether the store can write now (what `/readyz` asks it).
+    pub store_writable: bool,
     /// The file system holding the data directory: bytes available to the server, and its size
     /// (`None` where it cannot be read).
     pub disk: Option<(u64, u64)>,
@@ -89,6 +91,12 @@ impl Collector for NodeCollector {
             "concord_store_size_bytes",
             "Database files on disk (db and WAL), in bytes",
             sample.store_size_bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "concord_store_writable",
+            "1 while the store can write (its last commit or write probe succeeded), 0 while it cannot",
+            i64::from(sample.store_writable),
         )?;
         gauge(
             &mut encoder,
