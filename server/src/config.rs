@@ -49,7 +49,7 @@ pub enum Command {
     /// Forget a peer that is gone for good. The update log keeps every entry a known peer has not
     /// acknowledged, so a decommissioned peer would make it grow forever. If the peer ever comes
     /// back it is treated as new: it gets every document's snapshot, then the log. Works while
-    /// the server runs; its status shows the peer until it restarts.
+    /// the server runs: within a few seconds it drops the peer from its status and metrics.
     ForgetPeer(ForgetPeerArgs),
     /// Mint a client token (HS256 JWT) from the shared --auth-secret and print it, for scripts
     /// and tests. Apps mint their own with any JWT library (see docs/access-control.md).

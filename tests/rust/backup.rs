@@ -375,4 +375,47 @@ async fn a_restored_region_rejoins_its_mesh_under_a_new_id_and_converges() {
             assert!(text.contains(m), "{d} lacks {m}: {text}");
         }
     }
+
+    // As restore said: forget the old id on each peer, while they run. They let go of it (no
+    // `down` row, no metric for it), so `concord status` and the peer-down alert are clear.
+    for i in [0, 1] {
+        let (ok, stdout, stderr) = concord(&[
+            "forget-peer",
+            "node-2",
+            "--data-dir",
+            path(&c.nodes[i].data_dir),
+        ])
+        .await;
+        assert!(ok, "forget-peer failed: {stdout}{stderr}");
+    }
+    for i in [0, 1] {
+        let url = c.nodes[i].http_url("/api/status");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = http_get(&url).await;
+            let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let ids: Vec<&str> = status["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["node_id"].as_str())
+                .collect();
+            if !ids.contains(&"node-2") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} still shows the forgotten node-2: {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (ok, stdout, _) = concord(&["status", &format!("http://{}", c.nodes[i].addr)]).await;
+        assert!(ok, "concord status on node {i} after forget-peer: {stdout}");
+        let (_, metrics) = http_get(&c.nodes[i].http_url("/metrics")).await;
+        let metrics = String::from_utf8(metrics).unwrap();
+        assert!(
+            !metrics.contains("peer=\"node-2\""),
+            "node {i} still has metrics for node-2"
+        );
+    }
 }

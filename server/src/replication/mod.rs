@@ -31,6 +31,7 @@ pub mod ack;
 pub mod auth;
 pub mod deliver;
 pub mod dial;
+mod forget;
 pub mod link;
 /// What rooms may ask of the peers, through the registry (which holds the hub as this trait, so
 /// the room module never depends on replication).
@@ -231,6 +232,7 @@ impl Replication {
     /// Starts dialing the configured peers; their links deliver into `registry`'s rooms.
     pub fn start(self: &Arc<Self>, registry: &Arc<Registry>) {
         self.start_routing();
+        self.start_forgetting();
         for url in &self.configured {
             self.tasks.spawn(
                 dial::dial_forever(self.clone(), registry.clone(), url.clone()).in_current_span(),
