@@ -137,7 +137,6 @@ async fn serve_node(
         config.limits.max_live_docs,
         metrics.clone(),
     );
-    replication.start(&registry);
     let admission = limits::Admission::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
@@ -154,10 +153,12 @@ async fn serve_node(
         admission,
         metrics,
     });
+    // Bound before the peers are dialed: a bad address fails the start before anything else.
     let internal = match app.config.metrics_listen {
         Some(addr) => Some(internal::bind(addr, app.clone(), shutdown.clone()).await?),
         None => None,
     };
+    app.replication.start(&app.registry);
     let background = TaskTracker::new();
     background.spawn(memory::trim_task(shutdown.clone()).in_current_span());
     info!(%addr, node = %app.replication.me.node_id, region = %app.replication.me.region, "listening");

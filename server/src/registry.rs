@@ -167,12 +167,11 @@ impl Registry {
             (tx.downgrade(), rx),
             lane.clone(),
         );
-        let live = self.env.metrics.documents_live.clone();
-        live.inc();
+        let live = crate::metrics::GaugeHeld::new(&self.env.metrics.documents_live);
         self.tasks.spawn(
             async move {
                 run.await;
-                live.dec();
+                drop(live);
                 drop(slot); // the room's state is gone: its place is free
             }
             .instrument(self.span.clone()),

@@ -172,9 +172,20 @@ fn duration_coarse(ms: u64) -> String {
 fn clean(text: &str, width: usize) -> String {
     let words: Vec<String> = text
         .split_whitespace()
-        .map(|w| w.chars().filter(|c| !c.is_control()).collect())
+        .map(|w| {
+            w.chars()
+                .filter(|c| !c.is_control() && !is_format(*c))
+                .collect()
+        })
         .collect();
     short(&words.join(" "), width)
+}
+
+/// Invisible characters that change how a terminal shows the text around them: bidirectional
+/// overrides and isolates (U+202E turns the rest of a line around), zero-width characters, and
+/// the byte-order mark.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// At most `width` characters, the last one `…` when cut.
@@ -268,7 +279,7 @@ ap      node-8a7c3f01…        down  -     42       2m05s ago     connecting: C
     #[test]
     fn hostile_strings_cannot_drive_the_terminal_or_the_layout() {
         let mut v = sample();
-        v["peers"][0]["region"] = json!("us\u{1b}[2J\u{1b}]0;pwned\u{7}");
+        v["peers"][0]["region"] = json!("us\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202E}desrever\u{200B}");
         v["peers"][0]["last_error"] = json!(format!("line one\nline two\r{}", "x".repeat(500)));
         let text = render(&parse(v));
         assert!(
@@ -276,6 +287,10 @@ ap      node-8a7c3f01…        down  -     42       2m05s ago     connecting: C
             "{text:?}"
         );
         assert!(!text.contains('\r'), "{text:?}");
+        assert!(
+            !text.contains('\u{202E}') && !text.contains('\u{200B}'),
+            "{text:?}"
+        );
         let row = text.lines().find(|l| l.contains("line one")).unwrap();
         assert!(row.contains("line one line two"), "{row}");
         assert!(row.ends_with('…') && row.chars().count() < 200, "{row}");

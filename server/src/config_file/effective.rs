@@ -59,7 +59,14 @@ pub fn render(cmd: &clap::Command, matches: &ArgMatches, file: Option<&FileSourc
                 None => format!("# {long} is not set  # {source}"),
             }
         } else {
-            match value(arg, &raw) {
+            // A URL can carry credentials (`https://user:pass@host`, `?token=`): those parts are
+            // redacted, and the line commented out, since it no longer holds the real value.
+            let shown: Vec<String> = raw.iter().map(|v| redact_url(v)).collect();
+            let redacted = shown != raw;
+            match value(arg, &shown) {
+                Some(value) if redacted => {
+                    format!("# {long} = {value}  # {source}; credentials in it redacted")
+                }
                 Some(value) => format!("{long} = {value}  # {source}"),
                 None => format!("# {long} is not set  # {source}"),
             }
@@ -68,6 +75,24 @@ pub fn render(cmd: &clap::Command, matches: &ArgMatches, file: Option<&FileSourc
         out.push('\n');
     }
     out
+}
+
+/// `text` with a URL's user info and query replaced by `<redacted>` (other text as it is).
+pub fn redact_url(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((before, _)) => (before, "?<redacted>"),
+        None => (rest, ""),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// Where a flag's value came from: `flag`, `env NAME`, `file PATH` or `default`.

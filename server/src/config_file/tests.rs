@@ -447,3 +447,21 @@ fn secrets_are_the_secret_flags_not_their_files() {
         "{out}"
     );
 }
+
+#[test]
+fn credentials_in_urls_are_redacted() {
+    use super::effective::redact_url;
+    assert_eq!(
+        redact_url("https://eu.example.com:8080"),
+        "https://eu.example.com:8080"
+    );
+    assert_eq!(
+        redact_url("https://user:hunter2@auth.example.com/check?token=abc"),
+        "https://<redacted>@auth.example.com/check?<redacted>"
+    );
+    assert_eq!(redact_url("127.0.0.1:8080"), "127.0.0.1:8080");
+    assert_eq!(
+        redact_url("http://a@b@host/p@q"),
+        "http://<redacted>@host/p@q"
+    );
+}

@@ -105,6 +105,23 @@ impl Default for StoreMetrics {
 /// What the scrape-time collector reads, once the node is wired (see [`Metrics::sample_with`]).
 type Sampler = Box<dyn Fn() -> Option<NodeSample> + Send + Sync>;
 
+/// One held unit of a gauge: `inc` now, `dec` when dropped, so the gauge comes back down
+/// whatever way its holder ends (a panic included).
+pub struct GaugeHeld(Gauge);
+
+impl GaugeHeld {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        GaugeHeld(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHeld {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One node's metrics: the registry and the handles the code counts with.
 pub struct Metrics {
     registry: Registry,
