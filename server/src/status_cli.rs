@@ -21,6 +21,11 @@ pub struct StatusArgs {
     #[arg(long, env = "CONCORD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Read the token from this file instead (one trailing newline is ignored), so it stays out
+    /// of `ps` and shell history.
+    #[arg(long, env = "CONCORD_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Give up on a node that has not answered within this.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

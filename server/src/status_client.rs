@@ -3,9 +3,9 @@
 //! monitors: 0 when every peer is linked, 1 when one is down, 2 when the status could not be read
 //! (unreachable, refused, not a Concord status).
 //!
-//! With auth on, `/api/status` needs an admin token: `--token` or `CONCORD_TOKEN`, sent as
-//! `Authorization: Bearer` (never in the URL, never printed). The answer is read up to a bound,
-//! within `--timeout`.
+//! With auth on, `/api/status` needs an admin token: `--token`, `CONCORD_TOKEN` or
+//! `--token-file`, sent as `Authorization: Bearer` (never in the URL, never printed). The answer is
+//! read up to a bound, within `--timeout`.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -67,7 +67,20 @@ pub async fn run(args: StatusArgs) -> i32 {
         Ok(url) => url,
         Err(e) => return fail(&e),
     };
-    let token = args.token.as_deref().filter(|t| !t.is_empty());
+    let from_file = match &args.token_file {
+        Some(path) => match crate::config_file::secret_files::read("token-file", path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("concord status: {e}");
+                return UNREADABLE;
+            }
+        },
+        None => None,
+    };
+    let token = from_file
+        .as_deref()
+        .or(args.token.as_deref())
+        .filter(|t| !t.is_empty());
     if !args.watch {
         return match fetch(&client, &url, token).await {
             Ok(status) => {

@@ -264,6 +264,16 @@ async fn status_needs_an_admin_token_when_auth_is_on() {
     let out = status_cmd(&[&url], &[("CONCORD_TOKEN", &admin)]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stdout(&out).contains(&admin) && !stderr(&out).contains(&admin));
+    // From a file, out of `ps`: the admin token works, and an empty file is refused (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{admin}\n")).unwrap();
+    let out = status_cmd(&[&url, "--token-file", file.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(&file, "").unwrap();
+    let out = status_cmd(&[&url, "--token-file", file.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("--token-file"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
