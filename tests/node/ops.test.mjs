@@ -2,11 +2,16 @@
 // alerting rules query must be in a real scrape of `/metrics`, with samples, labelled with the
 // node's region. Two regions linked with access control on, after a client has written, a request
 // has been refused and a connection has closed, so every family has a sample to show.
+// Then a real Prometheus (Debian's `prometheus`, installed by tests/run-all.sh) scrapes a
+// server's `--metrics-listen` port and evaluates ops/alerts.yml: our exposition parses in the
+// scraper operators use, and every rule evaluates without error.
 // (`promtool check rules` and `promtool test rules` check the rules themselves; see run-all.sh.)
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startServer, connect, synced, concordBin } from './concord.mjs'
@@ -125,5 +130,105 @@ test('every metric the dashboard and the alerts query is in a live scrape, label
     assert.ok(!text.includes(SECRET) && !text.includes(PEER_SECRET), `${region}: no secret in the metrics`)
     const up = byName.get('concord_peer_up')
     assert.ok(up.some((s) => s.value === 1 && s.labels.peer_region === (region === 'eu' ? 'us' : 'eu')), `${region}: the link to the other region is up`)
+  }
+})
+
+/** A port free right now on 127.0.0.1. */
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+async function poll (what, fn, ms = 60000) {
+  const deadline = Date.now() + ms
+  let last
+  for (;;) {
+    try {
+      last = await fn()
+      if (last.ok) return last.value
+    } catch (e) {
+      last = { detail: String(e) }
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last?.detail ?? last)}`)
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+}
+
+test('a real Prometheus scrapes --metrics-listen and evaluates every alerting rule without error', async () => {
+  const prometheusBin = 'prometheus'
+  try {
+    execFileSync('prometheus', ['--version'], { stdio: 'ignore' })
+  } catch {
+    assert.fail('Prometheus is not installed: tests/run-all.sh installs Debian\'s prometheus (apt-get install prometheus)')
+  }
+  const metricsPort = await freePort()
+  const server = await startServer(['--region', 'ap', '--metrics-listen', `127.0.0.1:${metricsPort}`])
+  const dir = mkdtempSync(path.join(tmpdir(), 'concord-prometheus-'))
+  const webPort = await freePort()
+  writeFileSync(path.join(dir, 'prometheus.yml'), [
+    'global: {scrape_interval: 1s, evaluation_interval: 1s}',
+    `rule_files: [${JSON.stringify(path.join(root, 'ops/alerts.yml'))}]`,
+    'scrape_configs:',
+    '  - job_name: concord',
+    '    honor_labels: true',
+    `    static_configs: [{targets: ["127.0.0.1:${metricsPort}"], labels: {region: ap}}]`,
+    ''
+  ].join('\n'))
+  const prom = spawn(prometheusBin, [
+    `--config.file=${path.join(dir, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${path.join(dir, 'data')}`,
+    `--web.listen-address=127.0.0.1:${webPort}`
+  ], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const promLog = []
+  prom.stderr.on('data', (d) => promLog.push(String(d)))
+  const api = async (p) => (await fetch(`http://127.0.0.1:${webPort}/api/v1/${p}`)).json()
+  const c = connect(server.wsUrl, 'prometheus-doc')
+  try {
+    await synced(c.provider)
+    for (let i = 0; i < 3; i++) c.doc.getText('t').insert(0, `${i}`)
+    // The target is scraped without errors: OpenMetrics, as prometheus-client writes it, parses.
+    await poll('the target up', async () => {
+      const t = await api('targets')
+      const target = t.data?.activeTargets?.[0]
+      return { ok: target?.health === 'up' && target.lastError === '', detail: target ?? t }
+    })
+    // What the server counted, read back from Prometheus, with the server's region label.
+    const updates = await poll('three client updates in Prometheus', async () => {
+      const q = await api(`query?query=${encodeURIComponent('concord_updates_total{source="client",verdict="new"}')}`)
+      const r = q.data?.result?.[0]
+      return { ok: r && Number(r.value[1]) === 3, value: r, detail: q }
+    })
+    assert.equal(updates.metric.region, 'ap')
+    const writable = await api(`query?query=${encodeURIComponent('concord_store_writable')}`)
+    assert.equal(writable.data.result[0].value[1], '1')
+    // Every rule of ops/alerts.yml is loaded and has been evaluated without an error since the
+    // data above was there, and none fires (or is pending) for a healthy node.
+    const since = Date.now() + 1000
+    const rules = await poll('every rule evaluated on the scraped data', async () => {
+      const r = await api('rules')
+      const all = (r.data?.groups ?? []).flatMap((g) => g.rules)
+      return { ok: all.length > 0 && all.every((x) => Date.parse(x.lastEvaluation) > since), value: all, detail: r }
+    })
+    const expected = [...readFileSync(path.join(root, 'ops/alerts.yml'), 'utf8').matchAll(/^\s+- alert: (\w+)$/gm)].map((m) => m[1])
+    assert.deepEqual(rules.map((r) => r.name).sort(), expected.sort())
+    for (const r of rules) {
+      assert.equal(r.health, 'ok', `${r.name}: ${r.lastError}`)
+      assert.equal(r.state, 'inactive', `${r.name} fires on a healthy node`)
+    }
+  } finally {
+    c.provider.destroy()
+    c.doc.destroy()
+    const exited = new Promise((resolve) => prom.once('exit', resolve))
+    prom.kill('SIGTERM')
+    await exited
+    await server.stop()
+    rmSync(dir, { recursive: true, force: true })
+    if (process.env.CONCORD_TEST_VERBOSE) console.error(promLog.join(''))
   }
 })
