@@ -3,7 +3,7 @@
 //! [`crate::http`] and [`crate::connection`]; it depends on them through nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,8 +23,6 @@ pub struct App {
     /// Tracks connection tasks, so shutdown waits for their close frames to go out.
     pub tasks: TaskTracker,
     pub next_conn_id: AtomicU64,
-    /// Open client connections, for `/api/status`.
-    pub connections: AtomicUsize,
     /// Decides who may read, write and operate (see [`auth`]).
     pub gate: auth::Gate,
     /// Places for client connections under `--max-connections` and `--max-connections-per-ip`.

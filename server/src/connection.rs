@@ -49,7 +49,6 @@ pub async fn serve(
     app: Arc<App>,
 ) {
     let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    app.connections.fetch_add(1, Ordering::Relaxed);
     let _open = crate::metrics::GaugeHeld::new(&app.metrics.connections_open);
     let control = Arc::new(Control::new(app.shutdown.child_token()));
     let (out_tx, out_rx) = mpsc::channel(app.config.send_queue);
@@ -131,7 +130,6 @@ pub async fn serve(
         }
         _ => {}
     }
-    app.connections.fetch_sub(1, Ordering::Relaxed);
     // The code of the close frame: the one recorded, or 1001 when the server stopped without
     // recording one; none when the connection was lost or found dead.
     let code = control

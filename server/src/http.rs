@@ -123,7 +123,7 @@ async fn status(
     let status = crate::status::render(
         &app.replication,
         app.registry.live(),
-        app.connections.load(std::sync::atomic::Ordering::Relaxed),
+        app.metrics.connections_open.get().max(0) as usize,
     );
     axum::Json(status).into_response()
 }

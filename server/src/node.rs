@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -148,7 +148,6 @@ async fn serve_node(
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
-        connections: AtomicUsize::new(0),
         gate,
         admission,
         metrics,

@@ -187,31 +187,6 @@ async fn a_backup_under_write_load_holds_every_update_acknowledged_before_it() {
     }
 }
 
-/// Waits until `node`'s status shows a live link to each of `peers` (node ids).
-async fn wait_links(node: &Server, peers: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http_get(&node.http_url("/api/status")).await;
-        let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let linked: HashSet<String> = s["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["connected"] == true)
-            .filter_map(|p| p["node_id"].as_str().map(String::from))
-            .collect();
-        if peers.iter().all(|p| linked.contains(*p)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} links {linked:?}, expected {peers:?}",
-            node.addr
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A client on `node` appends `marker` to `doc`; returns once the node has it committed.
 async fn write(node: &Server, doc: &str, marker: &str) {
     let w = YClient::connect(&node.ws_url(doc)).await;
@@ -360,9 +335,15 @@ async fn a_restored_region_rejoins_its_mesh_under_a_new_id_and_converges() {
     let (_, body) = http_get(&c.nodes[2].http_url("/api/status")).await;
     let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status["node_id"], new_id.as_str());
-    wait_links(&c.nodes[2], &["node-0", "node-1"]).await;
-    wait_links(&c.nodes[0], &["node-1", &new_id]).await;
-    wait_links(&c.nodes[1], &["node-0", &new_id]).await;
+    c.nodes[2]
+        .wait_linked_to(&["node-0", "node-1"], Duration::from_secs(30))
+        .await;
+    c.nodes[0]
+        .wait_linked_to(&["node-1", &new_id], Duration::from_secs(30))
+        .await;
+    c.nodes[1]
+        .wait_linked_to(&["node-0", &new_id], Duration::from_secs(30))
+        .await;
 
     // Read from C first, while it is the only node with the documents live.
     for d in &docs {

@@ -140,8 +140,8 @@ impl Cluster {
 
     /// Waits until every node has a live link to each of its neighbours.
     pub async fn wait_linked(&self, edges: &[(usize, usize)]) {
-        for i in 0..self.nodes.len() {
-            let expected: std::collections::HashSet<String> = edges
+        for (i, node) in self.nodes.iter().enumerate() {
+            let expected: Vec<String> = edges
                 .iter()
                 .filter_map(|&(a, b)| {
                     if a == i {
@@ -154,25 +154,9 @@ impl Cluster {
                 })
                 .map(|j| format!("node-{j}"))
                 .collect();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let s = self.status(i).await;
-                let linked: std::collections::HashSet<String> = s["peers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|p| p["connected"] == true)
-                    .filter_map(|p| p["node_id"].as_str().map(String::from))
-                    .collect();
-                if expected.is_subset(&linked) {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "node {i} links {linked:?}, expected {expected:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+            node.wait_linked_to(&expected, Duration::from_secs(20))
+                .await;
         }
     }
 

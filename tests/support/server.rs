@@ -266,6 +266,32 @@ impl Server {
         }
     }
 
+    /// Waits until this node's status shows a live link to each of `peers` (node ids); panics
+    /// after `within`.
+    pub async fn wait_linked_to(&self, peers: &[&str], within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (_, body) = http_get(&self.http_url("/api/status")).await;
+            let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let linked: std::collections::HashSet<&str> = s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["connected"] == true)
+                .filter_map(|p| p["node_id"].as_str())
+                .collect();
+            if peers.iter().all(|p| linked.contains(p)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} links {linked:?}, expected {peers:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Resident memory of the server process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
