@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -217,9 +217,17 @@ test('a real Prometheus scrapes --metrics-listen and evaluates every alerting ru
     })
     const expected = [...readFileSync(path.join(root, 'ops/alerts.yml'), 'utf8').matchAll(/^\s+- alert: (\w+)$/gm)].map((m) => m[1])
     assert.deepEqual(rules.map((r) => r.name).sort(), expected.sort())
+    // ConcordDiskNearlyFull reads the machine's real disk, which the test does not control (a
+    // build machine's disk may well be 90% full): it must fire exactly when that disk says so.
+    // (Within a point of the threshold the disk may have crossed it since the scrape: either
+    // state is right then.)
+    const { bavail, blocks } = statfsSync(server.dir)
+    const free = bavail / blocks
     for (const r of rules) {
       assert.equal(r.health, 'ok', `${r.name}: ${r.lastError}`)
-      assert.equal(r.state, 'inactive', `${r.name} fires on a healthy node`)
+      if (r.name === 'ConcordDiskNearlyFull' && Math.abs(free - 0.10) < 0.01) continue
+      const quiet = r.name === 'ConcordDiskNearlyFull' ? free >= 0.10 : true
+      assert.equal(r.state === 'inactive', quiet, `${r.name} is ${r.state} (disk ${(100 * free).toFixed(1)}% free)`)
     }
   } finally {
     c.provider.destroy()
